@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// Virtqueues (virtio 1.2 §2.7 split, §2.8 packed) over grant-mapped memory,
+// and the DescriptorChain a device works on.
+//
+// A device never sees a guest address. pop() walks the ring once, validates
+// the chain with every walk bounded, maps all of its buffers through grants
+// in one batch (RO for device-readable, RW for device-writable) and yields a
+// move-only DescriptorChain with bounded Reader/Writer views. The chain goes
+// back to the used ring exactly once (push/complete); its grant mappings
+// are released right before the used entry is published, as Linux requires
+// (drivers/xen/grant-dma-ops.c refuses to end access to a mapped ref).
+//
+//   lifecycle of a chain:
+//     avail ring --pop()--> DescriptorChain (mapped) --complete()--> used ring
+//                                   |  (dropped without complete: returned
+//                                   +-- with len 0 at destruction, logged)
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "xv/result.h"
+#include "xv/xen/grant.h"
+#include "xv/xen/types.h"
+
+namespace xv::transport {
+
+class GuestMemory;
+class Virtqueue;
+
+/// The strand a queue's data path runs on.
+using Strand = boost::asio::strand<boost::asio::any_io_executor>;
+
+/// Bounded sequential view over a list of host byte segments.
+/// Reader reads device-readable buffers; Writer fills device-writable ones.
+template <class Byte>
+class SegmentCursor {
+public:
+    using Segment = std::span<Byte>;
+    SegmentCursor() = default;
+    explicit SegmentCursor(std::vector<Segment> segs) : segs_(std::move(segs)) {
+        for (auto& s : segs_) remaining_ += s.size();
+    }
+
+    /// Bytes left.
+    std::size_t available() const noexcept { return remaining_; }
+
+    /// Up to `n` bytes as segments (for readv/writev, io_uring), consumed.
+    std::vector<Segment> take(std::size_t n) {
+        std::vector<Segment> out;
+        while (n > 0 && idx_ < segs_.size()) {
+            auto& s = segs_[idx_];
+            std::size_t k = std::min(n, s.size() - off_);
+            if (k) out.push_back(s.subspan(off_, k));
+            off_ += k;
+            n -= k;
+            remaining_ -= k;
+            if (off_ == s.size()) {
+                ++idx_;
+                off_ = 0;
+            }
+        }
+        return out;
+    }
+
+    /// Splits off the first `n` bytes (or fewer) into a new cursor; this
+    /// cursor continues after them.
+    SegmentCursor split_at(std::size_t n) { return SegmentCursor(take(n)); }
+
+    /// Skips up to `n` bytes; returns how many were skipped.
+    std::size_t skip(std::size_t n) {
+        std::size_t before = remaining_;
+        take(n);
+        return before - remaining_;
+    }
+
+protected:
+    std::vector<Segment> segs_;
+    std::size_t idx_ = 0;
+    std::size_t off_ = 0;
+    std::size_t remaining_ = 0;
+};
+
+/// Reads device-readable buffers.
+class Reader : public SegmentCursor<const std::byte> {
+public:
+    using SegmentCursor::SegmentCursor;
+
+    /// Copies exactly out.size() bytes; false (and nothing consumed) if
+    /// fewer are available.
+    bool read(std::span<std::byte> out) {
+        if (out.size() > available()) return false;
+        std::size_t done = 0;
+        for (auto s : take(out.size())) {
+            std::memcpy(out.data() + done, s.data(), s.size());
+            done += s.size();
+        }
+        return true;
+    }
+
+    /// Reads one trivially copyable object (little-endian wire layout).
+    template <class T>
+    std::optional<T> read_obj() {
+        static_assert(std::is_trivially_copyable_v<T>);
+        T v;
+        if (!read(std::as_writable_bytes(std::span<T, 1>(&v, 1)))) return std::nullopt;
+        return v;
+    }
+};
+
+/// Writes device-writable buffers; counts what was written.
+class Writer : public SegmentCursor<std::byte> {
+public:
+    using SegmentCursor::SegmentCursor;
+
+    /// Copies all of `in`; false (and nothing written) if it does not fit.
+    bool write(std::span<const std::byte> in) {
+        if (in.size() > available()) return false;
+        std::size_t done = 0;
+        for (auto s : take(in.size())) {
+            std::memcpy(s.data(), in.data() + done, s.size());
+            done += s.size();
+        }
+        written_ += in.size();
+        return true;
+    }
+
+    template <class T>
+    bool write_obj(const T& v) {
+        static_assert(std::is_trivially_copyable_v<T>);
+        return write(std::as_bytes(std::span<const T, 1>(&v, 1)));
+    }
+
+    /// Records bytes filled directly through take() (e.g. by io_uring).
+    void add_written(std::size_t n) noexcept { written_ += n; }
+    std::size_t written() const noexcept { return written_; }
+
+private:
+    std::size_t written_ = 0;
+};
+
+/// A validated descriptor chain with its buffers mapped. Move-only.
+class DescriptorChain {
+public:
+    DescriptorChain() = default;
+    DescriptorChain(DescriptorChain&&) noexcept;
+    DescriptorChain& operator=(DescriptorChain&&) noexcept;
+    DescriptorChain(const DescriptorChain&) = delete;
+    DescriptorChain& operator=(const DescriptorChain&) = delete;
+    ~DescriptorChain();
+
+    /// Head index (split) or buffer id (packed).
+    std::uint16_t id() const noexcept { return id_; }
+    /// Descriptors this chain used in the ring (packed: slots to skip).
+    std::uint16_t ring_slots() const noexcept { return slots_; }
+    /// Total device-readable / device-writable bytes.
+    std::uint32_t readable_bytes() const noexcept { return readable_len_; }
+    std::uint32_t writable_bytes() const noexcept { return writable_len_; }
+
+    /// A fresh view over the device-readable buffers.
+    Reader reader() const { return Reader(readable_); }
+    /// A fresh view over the device-writable buffers.
+    Writer writer() const { return Writer(writable_); }
+
+    const std::vector<std::span<const std::byte>>& readable_segments() const noexcept { return readable_; }
+    const std::vector<std::span<std::byte>>& writable_segments() const noexcept { return writable_; }
+
+    /// True until the chain was completed or moved from.
+    bool valid() const noexcept { return queue_ != nullptr; }
+
+    /// Releases the grant mappings now (done automatically at complete).
+    void unmap() noexcept { maps_.clear(); }
+
+private:
+    friend class Virtqueue;
+    friend class SplitQueue;
+    friend class PackedQueue;
+    Virtqueue* queue_ = nullptr;
+    std::uint16_t id_ = 0;
+    std::uint16_t slots_ = 0;
+    std::uint32_t readable_len_ = 0;
+    std::uint32_t writable_len_ = 0;
+    std::vector<std::span<const std::byte>> readable_;
+    std::vector<std::span<std::byte>> writable_;
+    std::vector<xen::GrantMapping> maps_;
+};
+
+/// How a queue was set up by the driver (values from the transport's registers).
+struct QueueConfig {
+    std::uint16_t index = 0;
+    std::uint16_t size = 0;        ///< entries; power of two for split rings
+    std::uint64_t desc_addr = 0;   ///< grant DMA addresses
+    std::uint64_t driver_addr = 0; ///< avail ring / driver event suppression
+    std::uint64_t device_addr = 0; ///< used ring / device event suppression
+    bool packed = false;           ///< VIRTIO_F_RING_PACKED negotiated
+    bool event_idx = false;        ///< VIRTIO_F_EVENT_IDX negotiated
+    bool indirect = false;         ///< VIRTIO_F_INDIRECT_DESC negotiated
+    std::string log_name;          ///< "dom5 blk0 q0" for log lines
+};
+
+/// Queue statistics.
+struct QueueStats {
+    std::uint64_t popped = 0;
+    std::uint64_t completed = 0;
+    std::uint64_t bytes_written = 0;
+    std::uint64_t interrupts = 0;
+    std::uint64_t interrupts_suppressed = 0;
+    std::uint64_t errors = 0;
+};
+
+/// A virtqueue, device side. All calls for one queue run on its strand.
+class Virtqueue {
+public:
+    /// `raise` sends a used-buffer notification to the guest; `fatal` is
+    /// called once when the driver broke the queue (the transport then sets
+    /// DEVICE_NEEDS_RESET, virtio 1.2 §2.1.2).
+    using RaiseFn = std::function<void()>;
+    using FatalFn = std::function<void(const Error&)>;
+
+    virtual ~Virtqueue() = default;
+
+    std::uint16_t index() const noexcept { return cfg_.index; }
+    std::uint16_t size() const noexcept { return cfg_.size; }
+    const std::string& name() const noexcept { return cfg_.log_name; }
+    Strand& strand() noexcept { return strand_; }
+
+    /// Next available chain, nullopt when the ring is empty. An Error means
+    /// the driver broke the ring or a grant could not be mapped; fatal()
+    /// has then been called and the queue stays broken until reset.
+    virtual Result<std::optional<DescriptorChain>> pop() = 0;
+
+    /// Puts a chain on the used ring with `written` bytes (unmaps first).
+    /// Does not notify the guest.
+    virtual void push(DescriptorChain&& chain, std::uint32_t written) = 0;
+
+    /// Notifies the guest if the driver asked for it (EVENT_IDX / flags).
+    virtual void notify_guest() = 0;
+
+    /// push() then notify_guest().
+    void complete(DescriptorChain&& chain, std::uint32_t written) {
+        push(std::move(chain), written);
+        notify_guest();
+    }
+
+    /// Asks the driver not to kick (while the device is busy polling);
+    /// enable_notifications() re-enables them and returns true when chains
+    /// arrived meanwhile (pop again to avoid a lost wake-up).
+    virtual void disable_notifications() = 0;
+    virtual bool enable_notifications() = 0;
+
+    /// True once fatal() was called.
+    bool broken() const noexcept { return broken_; }
+    const QueueStats& stats() const noexcept { return stats_; }
+
+protected:
+    Virtqueue(QueueConfig cfg, Strand strand, RaiseFn raise, FatalFn fatal)
+        : cfg_(std::move(cfg)), strand_(std::move(strand)), raise_(std::move(raise)), fatal_(std::move(fatal)) {}
+    friend class DescriptorChain;
+    /// Called by ~DescriptorChain for a chain never completed.
+    virtual void abandon(DescriptorChain&& chain) noexcept = 0;
+    /// Marks the queue broken and reports once.
+    void fail(const Error& e) {
+        ++stats_.errors;
+        if (!broken_) {
+            broken_ = true;
+            if (fatal_) fatal_(e);
+        }
+    }
+
+    QueueConfig cfg_;
+    Strand strand_;
+    RaiseFn raise_;
+    FatalFn fatal_;
+    bool broken_ = false;
+    QueueStats stats_;
+};
+
+/// Creates a split or packed queue per `cfg`, mapping its ring areas RW in
+/// one grant call each (split: descriptor table, avail ring including
+/// used_event, used ring including avail_event). Fails with a clear error
+/// for a non-grant ring address, a size not allowed (§2.7: power of two
+/// for split, ≤ 32768) or an unmappable ring.
+Result<std::unique_ptr<Virtqueue>> create_virtqueue(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
+                                                    Virtqueue::RaiseFn raise, Virtqueue::FatalFn fatal);
+
+}  // namespace xv::transport

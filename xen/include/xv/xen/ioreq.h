@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// The ioreq server and the device-model operations on one guest.
+//
+// Protocol (public/hvm/ioreq.h): one 32-byte ioreq slot per vCPU in a page
+// mapped with acquire_resource (the ioreq page only, never guest RAM).
+//
+//   vCPU traps -> Xen fills slot, state = READY, signals the vCPU's port
+//   server:  pending port -> slot READY -> state = INPROCESS
+//            handle (read: fill data) -> state = IORESP_READY -> notify
+//   Xen resumes the vCPU (it was blocked all along: answer quickly!)
+//
+// Setup order (create -> map pages -> enable -> bind per-vCPU ports ->
+// map ranges) is handled inside DeviceModel::create_ioreq_server().
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "xv/result.h"
+#include "xv/xen/types.h"
+
+namespace xv::xen {
+
+/// IOREQ_TYPE_*.
+enum class IoreqType : std::uint8_t {
+    Pio = 0,
+    Copy = 1,  ///< MMIO
+    PciConfig = 2,
+    TimeOffset = 7,
+    Invalidate = 8,
+};
+
+/// A decoded ioreq (a copy of the slot, taken once: the guest cannot change
+/// it under us).
+struct IoRequest {
+    unsigned vcpu = 0;
+    IoreqType type = IoreqType::Copy;
+    bool is_write = false;      ///< dir == IOREQ_WRITE
+    bool data_is_ptr = false;   ///< data is a guest address (never served: grants only)
+    std::uint64_t addr = 0;     ///< MMIO/port address, or SBDF<<32|reg for PCI config
+    std::uint64_t data = 0;     ///< value written (writes)
+    std::uint32_t size = 0;     ///< bytes: 1, 2, 4 or 8
+    std::uint32_t count = 1;    ///< rep count
+};
+
+/// PCI segment/bus/device/function.
+struct Sbdf {
+    std::uint16_t segment = 0;
+    std::uint8_t bus = 0;
+    std::uint8_t device = 0;
+    std::uint8_t function = 0;
+};
+
+/// Handler for one ioreq: returns the value to answer a read with (ignored
+/// for writes). Must not wait for device work.
+using IoreqHandler = std::function<std::uint64_t(const IoRequest&)>;
+
+/// One ioreq server registered for one guest. Destroying it unbinds its
+/// ports, unmaps its ioreq page and destroys the server in Xen.
+class IoreqServer {
+public:
+    virtual ~IoreqServer() = default;
+
+    virtual IoServId id() const = 0;
+    virtual DomId domid() const = 0;
+    virtual unsigned vcpus() const = 0;
+
+    /// Readable when some vCPU has an ioreq for us (non-blocking fd).
+    virtual int fd() const = 0;
+
+    /// Serves every ioreq that is ready now: calls `handler` for each and
+    /// completes it (IORESP_READY + notify). Returns how many were served.
+    /// Never blocks.
+    virtual Result<unsigned> serve_pending(const IoreqHandler& handler) = 0;
+
+    /// Claims guest-physical MMIO [start, end] (end inclusive).
+    virtual Result<void> map_mmio(std::uint64_t start, std::uint64_t end) = 0;
+    virtual Result<void> unmap_mmio(std::uint64_t start, std::uint64_t end) = 0;
+    /// Claims a PCI device (x86: config accesses arrive as IoreqType::PciConfig).
+    virtual Result<void> map_pcidev(Sbdf sbdf) = 0;
+    virtual Result<void> unmap_pcidev(Sbdf sbdf) = 0;
+};
+
+/// Device-model operations on one guest (libxendevicemodel / simulator).
+class DeviceModel {
+public:
+    virtual ~DeviceModel() = default;
+
+    /// Creates, maps and enables an ioreq server for `domid`, with its
+    /// per-vCPU event channels bound. `buffered` asks for buffered ioreqs
+    /// (never needed by virtio; kept for completeness).
+    virtual Result<std::unique_ptr<IoreqServer>> create_ioreq_server(DomId domid, bool buffered = false) = 0;
+
+    /// Arm: sets the level of an SPI of the guest (edge lines: raise, lower).
+    virtual Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) = 0;
+    /// x86: injects an MSI.
+    virtual Result<void> inject_msi(DomId domid, std::uint64_t addr, std::uint32_t data) = 0;
+    /// x86: sets a PCI INTx line level (intx 0 = A .. 3 = D).
+    virtual Result<void> set_pci_intx_level(DomId domid, Sbdf sbdf, std::uint8_t intx, bool level) = 0;
+
+    /// Number of vCPUs of the guest.
+    virtual Result<unsigned> nr_vcpus(DomId domid) = 0;
+
+    /// Restricts this handle to one domain (xendevicemodel_restrict).
+    virtual Result<void> restrict_to(DomId domid) = 0;
+};
+
+}  // namespace xv::xen
