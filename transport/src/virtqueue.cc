@@ -8,6 +8,8 @@ DescriptorChain::DescriptorChain(DescriptorChain&& o) noexcept { *this = std::mo
 
 DescriptorChain& DescriptorChain::operator=(DescriptorChain&& o) noexcept {
     if (this != &o) {
+        // A live chain being overwritten goes back to its queue first;
+        // abandon() only reads its id and clears it (no recursion).
         if (queue_) queue_->abandon(std::move(*this));
         queue_ = o.queue_;
         id_ = o.id_;
@@ -17,10 +19,12 @@ DescriptorChain& DescriptorChain::operator=(DescriptorChain&& o) noexcept {
         readable_ = std::move(o.readable_);
         writable_ = std::move(o.writable_);
         maps_ = std::move(o.maps_);
+        copied_ = std::move(o.copied_);
         o.queue_ = nullptr;
         o.readable_.clear();
         o.writable_.clear();
         o.maps_.clear();
+        o.copied_.clear();
     }
     return *this;
 }

@@ -30,13 +30,31 @@ struct MappedBuffers {
     std::vector<xen::GrantMapping> maps;  ///< at most 2: one RO, one RW
 };
 
+/// Reusable working storage for map_buffers(), so that a queue mapping a
+/// chain per request does not allocate. One per caller (per queue).
+struct MapScratch {
+    std::vector<xen::GrantRef> ro;           ///< refs of device-readable pages
+    std::vector<xen::GrantRef> rw;           ///< refs of device-writable pages
+    std::vector<std::uint32_t> first_page;   ///< per buffer: its first page in ro/rw
+};
+
 /// Translates grant DMA addresses of one guest into host mappings.
+/// Holds no mutable state: queues on different strands may share one.
 class GuestMemory {
 public:
+    /// Most pages one map call may take (per direction); a chain needing
+    /// more is refused with E2BIG instead of asking the grant device for it.
+    static constexpr std::uint32_t kDefaultMaxPagesPerMap = 16384;  // 64 MiB
+
+    /// `mapper` must outlive this object and every mapping made through it.
     GuestMemory(xen::GrantMapper& mapper, xen::DomId domid) : mapper_(mapper), domid_(domid) {}
 
+    /// The guest whose grants this maps.
     xen::DomId domid() const noexcept { return domid_; }
+    /// The grant device underneath.
     xen::GrantMapper& mapper() noexcept { return mapper_; }
+    /// Sets the per-call page limit (default kDefaultMaxPagesPerMap).
+    void set_max_pages_per_map(std::uint32_t n) noexcept { max_pages_ = n; }
 
     /// Maps one area (a ring) of `len` bytes at grant address `addr`.
     /// Errors: non-grant address (EPERM, "not a grant address"), len 0 or
@@ -46,11 +64,32 @@ public:
 
     /// Maps all buffers in at most two grant calls: every device-readable
     /// page in one RO call, every device-writable page in one RW call.
+    /// Errors: a non-grant address (EPERM), a ref range past 2^32 (EINVAL),
+    /// more than the page limit per direction (E2BIG), a map failure (from
+    /// the mapper: revoked ref, RO ref asked RW, ...). A zero-length buffer
+    /// maps nothing and gets an empty span, but its address is still checked.
     Result<MappedBuffers> map_buffers(std::span<const DmaBuffer> buffers);
 
+    /// map_buffers() into `out` (cleared first), reusing `scratch`.
+    Result<void> map_buffers(std::span<const DmaBuffer> buffers, MapScratch& scratch, MappedBuffers& out);
+
+    /// Appends to `segs` the grant-copy segments that read `buf` (device-
+    /// readable) into `dst` (buf.len bytes); one segment per page touched.
+    /// Nothing is copied until copy() runs them. Same address checks as
+    /// map_buffers().
+    Result<void> add_copy_in(const DmaBuffer& buf, std::byte* dst, std::vector<xen::GrantCopySegment>& segs) const;
+
+    /// Runs `segs` in one grant-copy call; the error names this guest.
+    Result<void> copy(std::span<const xen::GrantCopySegment> segs);
+
 private:
+    /// Checks `addr`/`len` and yields the first ref and the page count.
+    Result<std::pair<xen::GrantRef, std::uint32_t>> decode(std::uint64_t addr, std::uint64_t len,
+                                                          const char* what) const;
+
     xen::GrantMapper& mapper_;
     xen::DomId domid_;
+    std::uint32_t max_pages_ = kDefaultMaxPagesPerMap;
 };
 
 }  // namespace xv::transport

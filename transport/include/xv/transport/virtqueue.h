@@ -173,8 +173,14 @@ public:
     /// A fresh view over the device-writable buffers.
     Writer writer() const { return Writer(writable_); }
 
+    /// The device-readable buffers, in chain order (empty ones left out).
     const std::vector<std::span<const std::byte>>& readable_segments() const noexcept { return readable_; }
+    /// The device-writable buffers, in chain order (empty ones left out).
     const std::vector<std::span<std::byte>>& writable_segments() const noexcept { return writable_; }
+    /// True when the device-readable bytes were grant-copied into a private
+    /// snapshot instead of mapped (QueueConfig::copy_readable_max); the
+    /// driver can then no longer change them under the device.
+    bool readable_copied() const noexcept { return !copied_.empty(); }
 
     /// True until the chain was completed or moved from.
     bool valid() const noexcept { return queue_ != nullptr; }
@@ -184,6 +190,7 @@ public:
 
 private:
     friend class Virtqueue;
+    friend class QueueCore;
     friend class SplitQueue;
     friend class PackedQueue;
     Virtqueue* queue_ = nullptr;
@@ -194,6 +201,7 @@ private:
     std::vector<std::span<const std::byte>> readable_;
     std::vector<std::span<std::byte>> writable_;
     std::vector<xen::GrantMapping> maps_;
+    std::vector<std::byte> copied_;  ///< snapshot of small device-readable data
 };
 
 /// How a queue was set up by the driver (values from the transport's registers).
@@ -207,6 +215,13 @@ struct QueueConfig {
     bool event_idx = false;        ///< VIRTIO_F_EVENT_IDX negotiated
     bool indirect = false;         ///< VIRTIO_F_INDIRECT_DESC negotiated
     std::string log_name;          ///< "dom5 blk0 q0" for log lines
+    /// Largest indirect table (entries) accepted; 0 = the queue size
+    /// (virtio 1.2 §2.7.5.3.1: a chain is never longer than the queue size).
+    std::uint16_t max_indirect = 0;
+    /// Chains whose device-readable bytes total at most this many are not
+    /// mapped for reading: those bytes are grant-copied into the chain, one
+    /// copy call per pop_batch() for all its chains. 0 = always map.
+    std::uint32_t copy_readable_max = 0;
 };
 
 /// Queue statistics.
@@ -217,6 +232,9 @@ struct QueueStats {
     std::uint64_t interrupts = 0;
     std::uint64_t interrupts_suppressed = 0;
     std::uint64_t errors = 0;
+    std::uint64_t chains_copied = 0;   ///< chains whose readable bytes were grant-copied
+    std::uint64_t abandoned = 0;       ///< chains dropped without complete (returned with len 0)
+    std::uint64_t notify_calls = 0;    ///< notify_guest() calls with new used entries
 };
 
 /// A virtqueue, device side. All calls for one queue run on its strand.
@@ -239,6 +257,22 @@ public:
     /// the driver broke the ring or a grant could not be mapped; fatal()
     /// has then been called and the queue stays broken until reset.
     virtual Result<std::optional<DescriptorChain>> pop() = 0;
+
+    /// Pops up to `max` chains and appends them to `out`; returns how many.
+    /// Readable bytes of small chains are grant-copied in one call for the
+    /// whole batch (QueueConfig::copy_readable_max). On an Error nothing is
+    /// appended and the queue is broken, as for pop().
+    virtual Result<std::size_t> pop_batch(std::size_t max, std::vector<DescriptorChain>& out) {
+        std::size_t n = 0;
+        while (n < max) {
+            auto r = pop();
+            if (!r) return std::move(r).error();
+            if (!*r) break;
+            out.push_back(std::move(**r));
+            ++n;
+        }
+        return n;
+    }
 
     /// Puts a chain on the used ring with `written` bytes (unmaps first).
     /// Does not notify the guest.
@@ -267,8 +301,32 @@ protected:
     Virtqueue(QueueConfig cfg, Strand strand, RaiseFn raise, FatalFn fatal)
         : cfg_(std::move(cfg)), strand_(std::move(strand)), raise_(std::move(raise)), fatal_(std::move(fatal)) {}
     friend class DescriptorChain;
-    /// Called by ~DescriptorChain for a chain never completed.
+    /// Called by ~DescriptorChain (and by a move assignment over a live
+    /// chain) for a chain never completed. Must not move from `chain`:
+    /// it only reads its id and clears it (see retire()).
     virtual void abandon(DescriptorChain&& chain) noexcept = 0;
+
+    /// What is left of a chain once retired: where it goes in the used ring.
+    struct Retired {
+        std::uint16_t id = 0;
+        std::uint16_t slots = 0;
+        std::uint32_t writable_len = 0;
+    };
+    /// Unmaps the chain's grants (first!), detaches it from the queue and
+    /// returns its id; `chain` is left empty and !valid().
+    static Retired retire(DescriptorChain& chain) noexcept {
+        Retired r{chain.id_, chain.slots_, chain.writable_len_};
+        chain.maps_.clear();  // unmap before the used entry is published
+        chain.queue_ = nullptr;
+        chain.readable_.clear();
+        chain.writable_.clear();
+        chain.copied_.clear();
+        chain.readable_len_ = chain.writable_len_ = 0;
+        return r;
+    }
+    /// True when `chain` belongs to this queue and is live.
+    bool owns(const DescriptorChain& chain) const noexcept { return chain.queue_ == this; }
+
     /// Marks the queue broken and reports once.
     void fail(const Error& e) {
         ++stats_.errors;
@@ -288,9 +346,12 @@ protected:
 
 /// Creates a split or packed queue per `cfg`, mapping its ring areas RW in
 /// one grant call each (split: descriptor table, avail ring including
-/// used_event, used ring including avail_event). Fails with a clear error
-/// for a non-grant ring address, a size not allowed (§2.7: power of two
-/// for split, ≤ 32768) or an unmappable ring.
+/// used_event, used ring including avail_event; packed: descriptor ring and
+/// the two event suppression structures). The mappings are released when
+/// the queue is destroyed. Fails with a clear error for a non-grant ring
+/// address, a size not allowed (§2.7: power of two for split, ≤ 32768),
+/// a misaligned area or an unmappable ring. `mem` must outlive the queue,
+/// and the queue must outlive every chain it handed out.
 Result<std::unique_ptr<Virtqueue>> create_virtqueue(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
                                                     Virtqueue::RaiseFn raise, Virtqueue::FatalFn fatal);
 

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// The pop/push/abandon skeleton shared by split and packed queues.
+#include "queue_core.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace xv::transport {
+
+QueueCore::QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn raise, FatalFn fatal)
+    : Virtqueue(std::move(cfg), std::move(strand), std::move(raise), std::move(fatal)), mem_(mem) {
+    // virtio 1.2 §2.7.5.3.1: "A driver MUST NOT create a descriptor chain
+    // longer than the Queue Size of the device" -- this bounds indirect tables.
+    max_indirect_ = cfg_.max_indirect != 0 ? std::min(cfg_.max_indirect, cfg_.size) : cfg_.size;
+}
+
+QueueCore::~QueueCore() {
+    if (in_flight_ != 0)
+        spdlog::error("{}: queue destroyed with {} chains still in flight (device did not drop them first)", name(),
+                      in_flight_);
+}
+
+Error QueueCore::fail_with(std::errc code, const std::string& msg) {
+    return fail_with(make_error(code, msg));
+}
+
+Error QueueCore::fail_with(Error e) {
+    e.message = name() + ": " + e.message;
+    XV_LOG_LIMITED(log_limit_, spdlog::level::warn, "{}; queue stopped until the driver resets the device",
+                   e.describe());
+    fail(e);
+    return e;
+}
+
+Result<std::optional<DescriptorChain>> QueueCore::pop() {
+    one_.clear();
+    auto r = pop_batch(1, one_);
+    if (!r) return std::move(r).error();
+    if (*r == 0) return std::optional<DescriptorChain>{};
+    std::optional<DescriptorChain> c(std::move(one_.front()));
+    one_.clear();
+    return c;
+}
+
+Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<DescriptorChain>& out) {
+    if (broken_)
+        return make_error(std::errc::io_error, name() + ": queue is broken; the driver must reset the device");
+    const std::size_t start = out.size();
+    auto drop_batch = [&] { out.erase(out.begin() + std::ptrdiff_t(start), out.end()); };
+    segs_.clear();
+    std::size_t n = 0;
+    while (n < max) {
+        acc_.clear();
+        std::uint16_t id = 0, slots = 0;
+        auto r = parse_next(acc_, id, slots);
+        if (!r) {
+            drop_batch();  // queue is broken: the ring is left alone
+            return std::move(r).error();
+        }
+        if (!*r) break;
+        // virtio 1.2 §2.7.5 / §2.8.5: a chain describes at least one buffer;
+        // one with no bytes at all carries no request.
+        if (acc_.readable + acc_.writable == 0) {
+            auto e = fail_with(std::errc::invalid_argument,
+                               fmt::format("virtio 1.2 §2.7.5: chain {} is empty (0 bytes)", id));
+            drop_batch();
+            return e;
+        }
+        DescriptorChain c;
+        c.queue_ = this;
+        c.id_ = id;
+        c.slots_ = slots;
+        ++in_flight_;
+        auto f = finish(c, segs_);
+        if (!f) {
+            auto e = fail_with(std::move(f).error());
+            drop_batch();
+            return e;  // `c` is retired by its destructor (broken: no ring write)
+        }
+        out.push_back(std::move(c));
+        ++stats_.popped;
+        ++n;
+    }
+    if (!segs_.empty()) {
+        // One grant copy for the small readable parts of the whole batch.
+        auto r = mem_.copy(segs_);
+        if (!r) {
+            auto e = fail_with(std::move(r).error());
+            drop_batch();
+            return e;
+        }
+    }
+    return n;
+}
+
+Result<void> QueueCore::finish(DescriptorChain& c, std::vector<xen::GrantCopySegment>& segs) {
+    c.readable_len_ = std::uint32_t(acc_.readable);
+    c.writable_len_ = std::uint32_t(acc_.writable);
+    const bool copy =
+        cfg_.copy_readable_max != 0 && acc_.readable != 0 && acc_.readable <= cfg_.copy_readable_max;
+    std::span<const DmaBuffer> to_map = acc_.bufs;
+    if (copy) {
+        c.copied_.resize(acc_.readable);
+        std::size_t off = 0;
+        subset_.clear();
+        for (const DmaBuffer& b : acc_.bufs) {
+            if (b.device_writable) {
+                subset_.push_back(b);
+                continue;
+            }
+            XV_TRY(mem_.add_copy_in(b, c.copied_.data() + off, segs));
+            off += b.len;
+        }
+        c.readable_.emplace_back(c.copied_.data(), c.copied_.size());
+        to_map = subset_;
+        ++stats_.chains_copied;
+    }
+    XV_TRY(mem_.map_buffers(to_map, scratch_, mapped_));
+    c.maps_.reserve(mapped_.maps.size());
+    for (auto& m : mapped_.maps) c.maps_.push_back(std::move(m));
+    mapped_.maps.clear();
+    for (std::size_t i = 0; i < to_map.size(); ++i) {
+        auto s = mapped_.spans[i];
+        if (s.empty()) continue;
+        if (to_map[i].device_writable)
+            c.writable_.push_back(s);
+        else
+            c.readable_.emplace_back(s.data(), s.size());
+    }
+    return ok();
+}
+
+void QueueCore::push(DescriptorChain&& chain, std::uint32_t written) {
+    if (!owns(chain)) {
+        if (chain.valid())
+            spdlog::error("{}: push of chain {} that belongs to another queue (ignored)", name(), chain.id());
+        return;
+    }
+    auto r = retire(chain);  // unmaps the chain's grants before the used entry exists
+    --in_flight_;
+    if (written > r.writable_len) {
+        spdlog::error("{}: device reports {} bytes written into chain {} of {} writable bytes; clamped", name(),
+                      written, r.id, r.writable_len);
+        written = r.writable_len;
+    }
+    if (broken_) return;  // DEVICE_NEEDS_RESET (§2.1.2): the ring is no longer ours to write
+    write_used(r.id, r.slots, written);
+    ++stats_.completed;
+    stats_.bytes_written += written;
+}
+
+void QueueCore::abandon(DescriptorChain&& chain) noexcept {
+    // Only read the id and clear the chain: moving from it would create a
+    // second live chain whose destructor would come back here.
+    auto r = retire(chain);
+    --in_flight_;
+    ++stats_.abandoned;
+    if (broken_) return;
+    XV_LOG_LIMITED(log_limit_, spdlog::level::warn, "{}: chain {} dropped without completion; returned with len 0",
+                   name(), r.id);
+    write_used(r.id, r.slots, 0);
+    ++stats_.completed;
+    notify_guest();
+}
+
+}  // namespace xv::transport

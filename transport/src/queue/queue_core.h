@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// Internal: what split and packed queues share. Ring memory access with the
+// orderings the spec asks for, the chain accumulator that enforces the
+// ring-independent rules, and the pop/push/abandon skeleton.
+//
+//   QueueCore::pop_batch()
+//     for each chain: parse_next() (ring-specific walk, bounded)
+//                       -> ChainAccumulator (readable before writable,
+//                          32-bit length sum, unknown flags rejected)
+//                     map its buffers (one RO + one RW call), or for a small
+//                     readable part queue grant-copy segments
+//     one grant copy for the whole batch
+//   push(): retire (unmap first) -> write_used() -> release store
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "xv/log.h"
+#include "xv/transport/guest_memory.h"
+#include "xv/transport/virtqueue.h"
+
+namespace xv::transport {
+
+// Virtio rings are little-endian (virtio 1.2 §2.4); this code reads them
+// natively, so only little-endian hosts are supported.
+static_assert(std::endian::native == std::endian::little, "virtio rings are little-endian");
+
+namespace ring {
+
+/// Loads a 16-bit ring field with `order` (shared with the guest).
+inline std::uint16_t load16(const std::byte* p, std::memory_order order) {
+    return std::atomic_ref<std::uint16_t>(*reinterpret_cast<std::uint16_t*>(const_cast<std::byte*>(p))).load(order);
+}
+/// Stores a 16-bit ring field with `order`.
+inline void store16(std::byte* p, std::uint16_t v, std::memory_order order) {
+    std::atomic_ref<std::uint16_t>(*reinterpret_cast<std::uint16_t*>(p)).store(v, order);
+}
+/// Stores a 32-bit ring field (relaxed; published by a later release store).
+inline void store32(std::byte* p, std::uint32_t v) {
+    std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(p)).store(v, std::memory_order_relaxed);
+}
+
+/// virtio 1.2 §2.7.10 (vring_need_event): notify when the driver's event
+/// index lies in (old, new]: (u16)(new - event - 1) < (u16)(new - old).
+inline bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t old_idx) {
+    return std::uint16_t(new_idx - event - 1) < std::uint16_t(new_idx - old_idx);
+}
+
+}  // namespace ring
+
+/// Collects one chain's buffers and enforces the rules common to both
+/// ring layouts.
+struct ChainAccumulator {
+    std::vector<DmaBuffer> bufs;
+    std::uint64_t readable = 0;
+    std::uint64_t writable = 0;
+    std::uint32_t descriptors = 0;
+    bool seen_writable = false;
+
+    void clear() {
+        bufs.clear();
+        readable = writable = 0;
+        descriptors = 0;
+        seen_writable = false;
+    }
+
+    /// Adds a direct descriptor; returns the rule it breaks, or nullptr.
+    const char* add(std::uint64_t addr, std::uint32_t len, bool write) {
+        ++descriptors;
+        // virtio 1.2 §2.7.4.2 / §2.8.4.2: "The driver MUST place any
+        // device-writable descriptor elements after any device-readable".
+        if (!write && seen_writable)
+            return "virtio 1.2 §2.7.4.2: a device-readable descriptor after a device-writable one";
+        seen_writable |= write;
+        // virtio 1.2 §2.7.5.2 / §2.8.5: a chain is at most 2^32 bytes
+        // (our sum must fit 32 bits for the used length).
+        if (readable + writable + len > 0xffffffffULL)
+            return "virtio 1.2 §2.7.5.2: total chain length exceeds 2^32 - 1 bytes";
+        (write ? writable : readable) += len;
+        bufs.push_back(DmaBuffer{addr, len, write});
+        return nullptr;
+    }
+};
+
+/// The skeleton both queue layouts share.
+class QueueCore : public Virtqueue {
+public:
+    QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn raise, FatalFn fatal);
+    ~QueueCore() override;
+
+    Result<std::optional<DescriptorChain>> pop() override;
+    Result<std::size_t> pop_batch(std::size_t max, std::vector<DescriptorChain>& out) override;
+    void push(DescriptorChain&& chain, std::uint32_t written) override;
+
+protected:
+    void abandon(DescriptorChain&& chain) noexcept override;
+
+    /// Walks the next available chain into `acc` (and sets id/slots).
+    /// false when the ring is empty. An Error names the rule broken.
+    virtual Result<bool> parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) = 0;
+    /// Writes one used entry (id, len) and publishes it (release).
+    virtual void write_used(std::uint16_t id, std::uint16_t slots, std::uint32_t len) = 0;
+
+    /// Fails the queue with `msg` (logged once per rate-limit window).
+    Error fail_with(std::errc code, const std::string& msg);
+    /// Fails the queue with an error from below (grant map, copy).
+    Error fail_with(Error e);
+
+    GuestMemory& mem_;
+    xv::log::RateLimit log_limit_;
+    std::uint16_t max_indirect_ = 0;
+    std::uint64_t in_flight_ = 0;
+
+private:
+    Result<void> finish(DescriptorChain& c, std::vector<xen::GrantCopySegment>& segs);
+
+    ChainAccumulator acc_;
+    MapScratch scratch_;
+    MappedBuffers mapped_;
+    std::vector<DmaBuffer> subset_;
+    std::vector<xen::GrantCopySegment> segs_;
+    std::vector<DescriptorChain> one_;
+};
+
+}  // namespace xv::transport
