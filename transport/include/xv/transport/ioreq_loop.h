@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// The asynchronous ioreq loop of one guest: owns its xen::IoreqServer,
+// waits on the server's fd with Asio, and answers every ioreq at once from
+// register state by routing it to a register handler.
+//
+//   xen::IoreqServer fd --async_wait--> serve_pending() on the loop strand
+//        IOREQ_TYPE_COPY        -> range map: mmio windows, ECAM, BAR windows
+//        IOREQ_TYPE_PCI_CONFIG  -> PCI function by SBDF (x86, map_pcidev)
+//        INVALIDATE/TIMEOFFSET  -> acknowledged
+//        unclaimed / data_is_ptr / count > 1 / odd size
+//                               -> reads all ones, writes ignored, logged
+//                                  (rate-limited, naming domid and address)
+//
+// Lifecycle:
+//
+//   Created --start()--> Running --stop()--> Stopping --------------------> Stopped
+//     add_*() claims       serving             still serving while every      ranges unmapped,
+//     ranges (map_mmio)                        device resets (quiesce)        server destroyed,
+//     before the guest                                                        done()
+//     can touch them
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "xv/log.h"
+#include "xv/result.h"
+#include "xv/transport/pci.h"
+#include "xv/transport/pci_host.h"
+#include "xv/transport/region.h"
+#include "xv/xen/ioreq.h"
+
+namespace xv::transport {
+
+/// The ioreq loop of one guest.
+class IoreqLoop : public std::enable_shared_from_this<IoreqLoop> {
+public:
+    /// Lifecycle state (drawn above).
+    enum class State { Created, Running, Stopping, Stopped };
+
+    /// Counters of the loop.
+    struct Stats {
+        std::uint64_t served = 0;     ///< ioreqs answered
+        std::uint64_t wakeups = 0;    ///< fd readiness events handled
+        std::uint64_t unclaimed = 0;  ///< addresses nothing claims
+        std::uint64_t malformed = 0;  ///< data_is_ptr, count > 1, bad size, bad type
+    };
+
+    /// Creates the ioreq server of `domid` through `dm` (which must outlive
+    /// the loop) and the loop around it.
+    static Result<std::shared_ptr<IoreqLoop>> create(boost::asio::any_io_executor ex, xen::DeviceModel& dm,
+                                                     xen::DomId domid);
+    /// Wraps an existing server (tests, or a caller that set it up itself).
+    static std::shared_ptr<IoreqLoop> wrap(boost::asio::any_io_executor ex, std::unique_ptr<xen::IoreqServer> server);
+    ~IoreqLoop();
+
+    /// Claims [base, base + region_size) with map_mmio and routes it to
+    /// `region`. Call before start() or on the loop strand.
+    Result<void> add_region(std::uint64_t base, std::shared_ptr<MmioRegion> region, std::string name);
+    /// Claims the ECAM and BAR windows of an Arm PCI host.
+    Result<void> add_pci_host(std::shared_ptr<PciHost> host);
+    /// x86: claims `sbdf` (map_pcidev); config accesses arrive as
+    /// IoreqType::PciConfig; BAR0 is claimed and routed whenever the guest
+    /// programs it with memory decoding on.
+    Result<void> add_pci_function(xen::Sbdf sbdf, std::shared_ptr<PciTransport> fn);
+
+    /// Starts waiting on the server's fd.
+    void start();
+    /// Orderly stop: keeps serving while every device quiesces (async
+    /// reset), then unmaps every range, destroys the server and calls
+    /// `done` (on the loop strand).
+    void stop(std::function<void()> done);
+
+    /// Routes and answers one ioreq (what serve_pending calls; public for
+    /// benchmarks of the register path alone).
+    std::uint64_t handle(const xen::IoRequest& req);
+
+    State state() const { return state_.load(); }
+    Stats stats() const;
+    xen::DomId domid() const noexcept { return domid_; }
+    /// The strand that serves the ioreqs.
+    boost::asio::strand<boost::asio::any_io_executor>& strand() noexcept { return strand_; }
+
+private:
+    IoreqLoop(boost::asio::any_io_executor ex, std::unique_ptr<xen::IoreqServer> server);
+
+    struct Route {
+        std::uint64_t end;  ///< inclusive
+        std::shared_ptr<MmioRegion> region;
+        std::string name;
+    };
+
+    void arm();
+    void on_ready();
+    void serve_now();
+    bool readable_now() const;
+    void drain_extra();
+    void on_bar_change(std::uint32_t sbdf, std::optional<std::uint64_t> old_base,
+                       std::optional<std::uint64_t> new_base);
+    void finish_stop(std::function<void()> done);
+    Result<void> add_route_locked(std::uint64_t base, std::uint64_t size, std::shared_ptr<MmioRegion> region,
+                                  std::string name);
+
+    boost::asio::any_io_executor ex_;
+    boost::asio::strand<boost::asio::any_io_executor> strand_;
+    std::unique_ptr<xen::IoreqServer> server_;
+    xen::DomId domid_;
+    boost::asio::posix::stream_descriptor sd_;
+    std::atomic<State> state_{State::Created};
+
+    mutable std::mutex mu_;  ///< guards routes_, pci_, quiescers_
+    std::map<std::uint64_t, Route> routes_;
+    std::unordered_map<std::uint32_t, std::shared_ptr<PciTransport>> pci_;
+    std::vector<std::function<void(std::function<void()>)>> quiescers_;
+
+    std::atomic<std::uint64_t> served_{0}, wakeups_{0}, unclaimed_{0}, malformed_{0};
+    log::RateLimit rl_;
+};
+
+}  // namespace xv::transport

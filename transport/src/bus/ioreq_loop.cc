@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// The per-guest ioreq loop: Asio wait on the ioreq server fd, routing,
+// orderly stop.
+#include "xv/transport/ioreq_loop.h"
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <unistd.h>
+
+namespace xv::transport {
+
+namespace {
+
+/// x86: BAR0 of a PCI function as an MMIO region at its current address.
+class BarRegion final : public MmioRegion {
+public:
+    explicit BarRegion(std::weak_ptr<PciTransport> fn) : fn_(std::move(fn)) {}
+    std::uint64_t region_size() const override { return PciTransport::bar0_size(); }
+    std::uint64_t mmio_read(std::uint64_t offset, unsigned size) override {
+        auto fn = fn_.lock();
+        return fn ? fn->bar_read(offset, size) : all_ones(size);
+    }
+    void mmio_write(std::uint64_t offset, unsigned size, std::uint64_t value) override {
+        if (auto fn = fn_.lock()) fn->bar_write(offset, size, value);
+    }
+    void quiesce(std::function<void()> done) override { done(); }
+
+private:
+    std::weak_ptr<PciTransport> fn_;
+};
+
+constexpr std::uint32_t sbdf_code(xen::Sbdf s) {
+    // public/hvm/ioreq.h: IOREQ_TYPE_PCI_CONFIG addr bits 63..32 =
+    // segment 16 | bus 8 | device 5 | function 3.
+    return (std::uint32_t(s.segment) << 16) | (std::uint32_t(s.bus) << 8) | (std::uint32_t(s.device & 0x1f) << 3) |
+           (s.function & 7u);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<IoreqLoop>> IoreqLoop::create(boost::asio::any_io_executor ex, xen::DeviceModel& dm,
+                                                     xen::DomId domid) {
+    // xen-facts §2.5: BUFIOREQ_OFF - a virtio backend never needs buffered ioreqs.
+    auto server = dm.create_ioreq_server(domid, false);
+    if (!server) return std::move(server).error();
+    return wrap(std::move(ex), std::move(*server));
+}
+
+std::shared_ptr<IoreqLoop> IoreqLoop::wrap(boost::asio::any_io_executor ex, std::unique_ptr<xen::IoreqServer> server) {
+    return std::shared_ptr<IoreqLoop>(new IoreqLoop(std::move(ex), std::move(server)));
+}
+
+IoreqLoop::IoreqLoop(boost::asio::any_io_executor ex, std::unique_ptr<xen::IoreqServer> server)
+    : ex_(ex), strand_(boost::asio::make_strand(ex)), server_(std::move(server)), domid_(server_->domid()), sd_(ex) {
+    // A duplicate, so that closing the descriptor never closes the
+    // server's own fd.
+    int fd = ::dup(server_->fd());
+    if (fd >= 0) {
+        boost::system::error_code ec;
+        sd_.assign(fd, ec);
+        if (ec) {
+            ::close(fd);
+            spdlog::error("dom{}: ioreq loop cannot watch fd {}: {}", domid_, server_->fd(), ec.message());
+        }
+    } else {
+        spdlog::error("dom{}: ioreq loop cannot dup fd {}: {}", domid_, server_->fd(), std::strerror(errno));
+    }
+}
+
+IoreqLoop::~IoreqLoop() {
+    boost::system::error_code ec;
+    sd_.close(ec);
+}
+
+Result<void> IoreqLoop::add_route_locked(std::uint64_t base, std::uint64_t size, std::shared_ptr<MmioRegion> region,
+                                         std::string name) {
+    if (size == 0 || base + size - 1 < base)
+        return make_error(std::errc::invalid_argument, fmt::format("dom{}: {} at {:#x}+{:#x} is empty or wraps",
+                                                                   domid_, name, base, size));
+    const std::uint64_t end = base + size - 1;
+    auto it = routes_.upper_bound(end);
+    if (it != routes_.begin()) {
+        auto prev = std::prev(it);
+        if (prev->second.end >= base)
+            return make_error(std::errc::file_exists, fmt::format("dom{}: {} at {:#x}+{:#x} overlaps {}", domid_,
+                                                                  name, base, size, prev->second.name));
+    }
+    if (!server_) return make_error(std::errc::bad_file_descriptor, fmt::format("dom{}: loop stopped", domid_));
+    // xen-facts §3.4: the range is claimed before the guest can touch it.
+    if (auto r = server_->map_mmio(base, end); !r)
+        return Error{r.error().code, fmt::format("dom{}: claim {} at {:#x}+{:#x}: {}", domid_, name, base, size,
+                                                 r.error().message)};
+    routes_[base] = Route{end, std::move(region), std::move(name)};
+    return ok();
+}
+
+Result<void> IoreqLoop::add_region(std::uint64_t base, std::shared_ptr<MmioRegion> region, std::string name) {
+    if (!region) return make_error(std::errc::invalid_argument, "null region");
+    std::lock_guard lk(mu_);
+    auto size = region->region_size();
+    auto weak = std::weak_ptr<MmioRegion>(region);
+    XV_TRY(add_route_locked(base, size, region, std::move(name)));
+    quiescers_.push_back([weak](std::function<void()> done) {
+        if (auto r = weak.lock()) r->quiesce(std::move(done));
+        else done();
+    });
+    return ok();
+}
+
+Result<void> IoreqLoop::add_pci_host(std::shared_ptr<PciHost> host) {
+    if (!host) return make_error(std::errc::invalid_argument, "null PCI host");
+    std::lock_guard lk(mu_);
+    const auto& c = host->config();
+    XV_TRY(add_route_locked(c.ecam_base, c.ecam_size, host->ecam_region(), "PCI ECAM"));
+    if (auto r = add_route_locked(c.mmio_base, c.mmio_size, host->mmio_region(), "PCI BAR window"); !r) {
+        (void)server_->unmap_mmio(c.ecam_base, c.ecam_base + c.ecam_size - 1);
+        routes_.erase(c.ecam_base);
+        return r;
+    }
+    quiescers_.push_back([host](std::function<void()> done) { host->quiesce(std::move(done)); });
+    return ok();
+}
+
+Result<void> IoreqLoop::add_pci_function(xen::Sbdf sbdf, std::shared_ptr<PciTransport> fn) {
+    if (!fn) return make_error(std::errc::invalid_argument, "null PCI function");
+    std::lock_guard lk(mu_);
+    const auto code = sbdf_code(sbdf);
+    if (pci_.count(code))
+        return make_error(std::errc::file_exists, fmt::format("dom{}: PCI {:#x} already added", domid_, code));
+    if (!server_) return make_error(std::errc::bad_file_descriptor, "loop stopped");
+    if (auto r = server_->map_pcidev(sbdf); !r)
+        return Error{r.error().code, fmt::format("dom{}: claim PCI {:04x}:{:02x}:{:02x}.{}: {}", domid_, sbdf.segment,
+                                                 sbdf.bus, sbdf.device, sbdf.function, r.error().message)};
+    pci_[code] = fn;
+    std::weak_ptr<IoreqLoop> weak = weak_from_this();
+    fn->set_bar_listener([weak, code](std::optional<std::uint64_t> o, std::optional<std::uint64_t> n) {
+        if (auto self = weak.lock()) self->on_bar_change(code, o, n);
+    });
+    quiescers_.push_back([fn](std::function<void()> done) { fn->quiesce(std::move(done)); });
+    return ok();
+}
+
+void IoreqLoop::on_bar_change(std::uint32_t code, std::optional<std::uint64_t> old_base,
+                              std::optional<std::uint64_t> new_base) {
+    std::lock_guard lk(mu_);
+    auto it = pci_.find(code);
+    if (it == pci_.end() || !server_) return;
+    const auto size = PciTransport::bar0_size();
+    if (old_base) {
+        auto r = routes_.find(*old_base);
+        if (r != routes_.end() && r->second.region && r->second.name.rfind("PCI BAR", 0) == 0) {
+            (void)server_->unmap_mmio(*old_base, *old_base + size - 1);
+            routes_.erase(r);
+        }
+    }
+    if (new_base) {
+        auto r = add_route_locked(*new_base, size, std::make_shared<BarRegion>(it->second),
+                                  fmt::format("PCI BAR0 of {:#x}", code));
+        if (!r)
+            XV_LOG_LIMITED(rl_, spdlog::level::warn, "dom{}: guest placed BAR0 of PCI {:#x} at {:#x}: {}", domid_,
+                           code, *new_base, r.error().describe());
+    }
+}
+
+void IoreqLoop::start() {
+    State expected = State::Created;
+    if (!state_.compare_exchange_strong(expected, State::Running)) return;
+    auto self = shared_from_this();
+    boost::asio::post(strand_, [self] {
+        // Ioreqs may already be waiting: serve them, then wait.
+        self->on_ready();
+    });
+}
+
+bool IoreqLoop::readable_now() const {
+    if (!sd_.is_open()) return false;
+    pollfd p{};
+    p.fd = const_cast<boost::asio::posix::stream_descriptor&>(sd_).native_handle();
+    p.events = POLLIN;
+    return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN);
+}
+
+void IoreqLoop::arm() {
+    if (!sd_.is_open() || state_ == State::Stopped) return;
+    auto self = shared_from_this();
+    sd_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                   boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
+                       if (ec || self->state_ == State::Stopped) return;
+                       self->on_ready();
+                   }));
+    // The descriptor is edge-triggered in epoll: an event that arrived
+    // between the last serve and this wait would be lost, so look once.
+    if (readable_now()) boost::asio::post(strand_, [self] { self->drain_extra(); });
+}
+
+void IoreqLoop::drain_extra() {
+    if (state_ == State::Stopped) return;
+    serve_now();
+    if (readable_now()) {
+        auto self = shared_from_this();
+        boost::asio::post(strand_, [self] { self->drain_extra(); });
+    }
+}
+
+void IoreqLoop::on_ready() {
+    if (state_ == State::Stopped) return;
+    ++wakeups_;
+    serve_now();
+    if (readable_now()) {
+        // More is ready (serve_pending is bounded): let other handlers run
+        // first, then serve again.
+        auto self = shared_from_this();
+        boost::asio::post(strand_, [self] { self->on_ready(); });
+        return;
+    }
+    arm();
+}
+
+void IoreqLoop::serve_now() {
+    if (!server_) return;
+    auto r = server_->serve_pending([this](const xen::IoRequest& req) { return handle(req); });
+    if (!r) {
+        XV_LOG_LIMITED(rl_, spdlog::level::err, "dom{}: serving ioreqs failed: {}", domid_, r.error().describe());
+        return;
+    }
+    served_ += *r;
+}
+
+std::uint64_t IoreqLoop::handle(const xen::IoRequest& req) {
+    using xen::IoreqType;
+    if (req.type == IoreqType::Invalidate || req.type == IoreqType::TimeOffset) return 0;  // lab-notes: acknowledge
+    const bool size_ok = req.size == 1 || req.size == 2 || req.size == 4 || req.size == 8;
+    const unsigned size = size_ok ? req.size : 8;
+    // Grants only: a data_is_ptr request would make us touch guest RAM;
+    // rep (count > 1) accesses are not a register access either.
+    if (req.data_is_ptr || req.count != 1 || !size_ok) {
+        ++malformed_;
+        XV_LOG_LIMITED(rl_, spdlog::level::warn,
+                       "dom{} vcpu{}: refused ioreq type {} addr {:#x} size {} count {} data_is_ptr {}", domid_,
+                       req.vcpu, int(req.type), req.addr, req.size, req.count, req.data_is_ptr);
+        return req.is_write ? 0 : all_ones(size);
+    }
+    const std::uint64_t value = req.data & all_ones(size);
+    if (req.type == IoreqType::Copy) {
+        std::shared_ptr<MmioRegion> region;
+        std::uint64_t base = 0;
+        {
+            std::lock_guard lk(mu_);
+            auto it = routes_.upper_bound(req.addr);
+            if (it != routes_.begin()) {
+                --it;
+                if (req.addr + size - 1 <= it->second.end && req.addr + size - 1 >= req.addr) {
+                    region = it->second.region;
+                    base = it->first;
+                }
+            }
+        }
+        if (!region) {
+            ++unclaimed_;
+            XV_LOG_LIMITED(rl_, spdlog::level::warn, "dom{} vcpu{}: {}-byte {} at unclaimed address {:#x}", domid_,
+                           req.vcpu, size, req.is_write ? "write" : "read", req.addr);
+            return req.is_write ? 0 : all_ones(size);
+        }
+        if (req.is_write) {
+            region->mmio_write(req.addr - base, size, value);
+            return 0;
+        }
+        return region->mmio_read(req.addr - base, size) & all_ones(size);
+    }
+    if (req.type == IoreqType::PciConfig) {
+        const auto code = std::uint32_t(req.addr >> 32);
+        const auto reg = std::uint32_t(req.addr);
+        std::shared_ptr<PciTransport> fn;
+        {
+            std::lock_guard lk(mu_);
+            auto it = pci_.find(code);
+            if (it != pci_.end()) fn = it->second;
+        }
+        if (!fn || size > 4) {
+            ++unclaimed_;
+            XV_LOG_LIMITED(rl_, spdlog::level::warn, "dom{} vcpu{}: PCI config {} of {:#x} reg {:#x} unclaimed",
+                           domid_, req.vcpu, req.is_write ? "write" : "read", code, reg);
+            return req.is_write ? 0 : all_ones(size);
+        }
+        if (req.is_write) {
+            fn->config_write(reg, size, std::uint32_t(value));
+            return 0;
+        }
+        return fn->config_read(reg, size);
+    }
+    ++unclaimed_;
+    XV_LOG_LIMITED(rl_, spdlog::level::warn, "dom{} vcpu{}: ioreq type {} at {:#x} not handled", domid_, req.vcpu,
+                   int(req.type), req.addr);
+    return req.is_write ? 0 : all_ones(size);
+}
+
+void IoreqLoop::stop(std::function<void()> done) {
+    State s = state_.load();
+    if (s == State::Stopping || s == State::Stopped) {
+        if (done) boost::asio::post(strand_, std::move(done));
+        return;
+    }
+    state_ = State::Stopping;
+    if (s == State::Created) {
+        // Nobody waits on the fd yet; serve while the devices reset anyway.
+        auto self = shared_from_this();
+        boost::asio::post(strand_, [self] { self->arm(); });
+    }
+    std::vector<std::function<void(std::function<void()>)>> qs;
+    {
+        std::lock_guard lk(mu_);
+        qs = quiescers_;
+    }
+    auto self = shared_from_this();
+    auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
+    auto left = std::make_shared<std::atomic<std::size_t>>(qs.size() + 1);
+    auto arrive = [self, left, shared_done] {
+        if (left->fetch_sub(1) != 1) return;
+        boost::asio::post(self->strand_, [self, shared_done] { self->finish_stop(std::move(*shared_done)); });
+    };
+    for (auto& q : qs) q(arrive);
+    arrive();
+}
+
+void IoreqLoop::finish_stop(std::function<void()> done) {
+    {
+        std::lock_guard lk(mu_);
+        if (server_) {
+            for (auto& [base, r] : routes_) (void)server_->unmap_mmio(base, r.end);
+            for (auto& [code, fn] : pci_) {
+                xen::Sbdf s{std::uint16_t(code >> 16), std::uint8_t(code >> 8), std::uint8_t((code >> 3) & 0x1f),
+                            std::uint8_t(code & 7)};
+                (void)server_->unmap_pcidev(s);
+                fn->set_bar_listener(nullptr);
+            }
+        }
+        routes_.clear();
+        pci_.clear();
+        quiescers_.clear();
+        state_ = State::Stopped;
+        boost::system::error_code ec;
+        sd_.close(ec);
+        server_.reset();  // destroys the server in Xen
+    }
+    spdlog::info("dom{}: ioreq loop stopped", domid_);
+    if (done) done();
+}
+
+IoreqLoop::Stats IoreqLoop::stats() const {
+    Stats s;
+    s.served = served_;
+    s.wakeups = wakeups_;
+    s.unclaimed = unclaimed_;
+    s.malformed = malformed_;
+    return s;
+}
+
+}  // namespace xv::transport
