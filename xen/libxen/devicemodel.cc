@@ -18,12 +18,14 @@
 #ifndef __XEN_TOOLS__
 #define __XEN_TOOLS__ 1
 #endif
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xendevicemodel.h>
 #include <xenforeignmemory.h>
 #include <xen/xen.h>
 #include <xen/memory.h>
 #include <xen/hvm/hvm_op.h>
 #include <xen/hvm/ioreq.h>
+}
 
 #include <sys/mman.h>
 

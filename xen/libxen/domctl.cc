@@ -10,8 +10,10 @@
 #define XV_WAS_STRICT_ANSI 1
 #undef __STRICT_ANSI__
 #endif
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xenctrl.h>
 #include <xen/version.h>
+}
 #ifdef XV_WAS_STRICT_ANSI
 #define __STRICT_ANSI__ 1
 #undef XV_WAS_STRICT_ANSI

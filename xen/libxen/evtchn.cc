@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // EventChannels on libxenevtchn (xenevtchn.h, Xen 4.17).
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xenevtchn.h>
 #include <xen/xen.h>
+}
 
 #include <fcntl.h>
 

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // GrantMapper on libxengnttab (xengnttab.h, Xen 4.17).
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xengnttab.h>
 #include <xen/grant_table.h>
+}
 
 #include <sys/mman.h>
 

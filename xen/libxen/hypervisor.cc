@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // open_libxen(): the real hypervisor, after checking the device nodes.
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xentoolcore.h>
 #include <xentoollog.h>
+}
 
 #include <cerrno>
 #include <cstdarg>

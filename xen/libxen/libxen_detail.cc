@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 #include "libxen_detail.h"
 
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xen/xen.h>
 #include <xen/grant_table.h>
 #include <xen/hvm/ioreq.h>
+}
 
 #include <unistd.h>
 

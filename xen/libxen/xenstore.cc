@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // XenStore on libxenstore (xenstore.h, Xen 4.17).
+extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xenstore.h>
 #include <xen/io/xs_wire.h>
+}
 
 #include <cerrno>
 #include <cstdlib>
