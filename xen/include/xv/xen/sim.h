@@ -43,6 +43,10 @@ struct SimOptions {
     DomId self_domid = 0;
     /// How long a simulated vCPU waits for its ioreq before reporting a hang.
     std::chrono::milliseconds ioreq_timeout{10000};
+    /// The XSM mode Xen runs with. Under Silo, grant maps/copies and event
+    /// channels between two DomUs (neither of them dom0) fail with EPERM,
+    /// as on Debian's arm64 Xen (lab-notes.md, "A backend in a driver domain").
+    XsmMode xsm = XsmMode::Dummy;
 };
 
 struct DomainConfig {
@@ -56,6 +60,11 @@ struct TurnaroundStats {
     std::uint64_t count = 0;
     double p50_us = 0, p99_us = 0, p999_us = 0, max_us = 0;
 };
+
+/// The irq_count() key that counts MSIs.
+inline constexpr std::uint32_t kMsiIrq = 0xffffffff;
+/// How many entries SimGuest::irq_log() keeps.
+inline constexpr std::size_t kIrqLogMax = 65536;
 
 /// An interrupt the backend raised for a guest.
 struct IrqEvent {
@@ -106,6 +115,22 @@ public:
     /// Number of this guest's refs currently mapped by a backend.
     virtual std::uint64_t mapped_refs() const = 0;
 
+    // --- event channels (guest side) --------------------------------------
+    /// Allocates an unbound port that domain `remote` may bind to
+    /// (EVTCHNOP_alloc_unbound); returns the guest's port.
+    virtual Result<Port> alloc_unbound(DomId remote) = 0;
+    /// Sends an event on a guest port (EVTCHNOP_send); a no-op while the
+    /// port is not bound yet, as on Xen.
+    virtual Result<void> notify(Port port) = 0;
+    /// Closes a guest port (EVTCHNOP_close); the backend's end stays bound
+    /// but no longer delivers.
+    virtual Result<void> close_port(Port port) = 0;
+    /// Events the backend sent to guest port `port` so far.
+    virtual std::uint64_t notifications(Port port) const = 0;
+    /// Waits until notifications(port) > `seen` or the timeout passes;
+    /// returns the new count.
+    virtual std::uint64_t wait_notification(Port port, std::uint64_t seen, std::chrono::milliseconds timeout) = 0;
+
     // --- vCPUs (block like a real trap) ------------------------------------
     /// MMIO read of `size` bytes at `addr` by `vcpu`. Blocks until an ioreq
     /// server completes it; an error when nothing claims the address (Arm:
@@ -116,15 +141,22 @@ public:
     virtual Result<std::uint64_t> pci_config_read(unsigned vcpu, Sbdf sbdf, std::uint32_t reg, unsigned size) = 0;
     virtual Result<void> pci_config_write(unsigned vcpu, Sbdf sbdf, std::uint32_t reg, unsigned size,
                                           std::uint64_t value) = 0;
+    /// Sends IOREQ_TYPE_INVALIDATE (size 4, write, data ~0) to every ioreq
+    /// server of the domain, as Xen does once per guest, and waits for each
+    /// to acknowledge it (the handler sees IoreqType::Invalidate and only
+    /// has to answer). Ok when no server exists.
+    virtual Result<void> invalidate(unsigned vcpu) = 0;
     /// Turnaround of every trapped access since the last reset_turnaround().
     virtual TurnaroundStats turnaround() const = 0;
     virtual void reset_turnaround() = 0;
 
     // --- interrupts -------------------------------------------------------
-    /// Every interrupt raised for this guest, in order.
+    /// Every interrupt raised for this guest, in order (the last
+    /// kIrqLogMax entries).
     virtual std::vector<IrqEvent> irq_log() const = 0;
     /// Count of rising edges (level 0 -> 1) of SPI `irq`, plus MSIs when
-    /// irq is 0xffffffff.
+    /// irq is kMsiIrq (0xffffffff). Rising edges of PCI INTx pin p (0..3)
+    /// count under irq p (SPIs start at 32, so they never collide).
     virtual std::uint64_t irq_count(std::uint32_t irq) const = 0;
     /// Waits until irq_count(irq) > `seen` or the timeout passes; returns
     /// the new count.
