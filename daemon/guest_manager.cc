@@ -1,0 +1,536 @@
+// SPDX-License-Identifier: GPL-2.0-only
+#include "guest_manager.h"
+
+#include <spdlog/spdlog.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+
+#include "check.h"
+
+namespace xv::daemon {
+
+namespace {
+
+/// A tap name that fits IFNAMSIZ (15 characters): "xvn<domid>.<index>".
+std::string default_tap(xen::DomId dom, unsigned index) {
+    return "xvn" + std::to_string(dom) + "." + std::to_string(index);
+}
+
+/// Xen's OUI 00:16:3e, then the domid and the index.
+std::array<std::uint8_t, 6> default_mac(xen::DomId dom, unsigned index) {
+    return {0x00, 0x16, 0x3e, std::uint8_t(dom >> 8), std::uint8_t(dom & 0xff), std::uint8_t(index & 0xff)};
+}
+
+/// Fills the backend configuration of one device from its [[device]]
+/// entry (may be null) and what xenstore announced (may be null).
+std::optional<std::string> fill_backend(DevicePlan& p, const DeviceEntry* cfg, const AnnouncedDevice* ann,
+                                        xen::DomId dom, unsigned index) {
+    switch (p.type) {
+        case DeviceType::Blk:
+            p.blk.path = cfg && !cfg->path.empty() ? cfg->path : ann ? ann->params : std::string();
+            if (p.blk.path.empty()) return "no image: neither a [[device]] path nor xenstore params";
+            p.blk.readonly = cfg ? cfg->readonly : (ann && !ann->writable);
+            p.blk.discard = cfg ? cfg->discard : (ann ? ann->discard : true);
+            p.blk.queues = std::uint16_t(cfg ? cfg->queues : 1);
+            p.blk.serial = "xv-" + std::to_string(dom) + "-" + std::to_string(index);
+            return std::nullopt;
+        case DeviceType::Net:
+            p.net.tap = cfg && !cfg->tap.empty() ? cfg->tap : default_tap(dom, index);
+            p.net.mac = cfg && cfg->mac ? *cfg->mac : default_mac(dom, index);
+            p.net.queues = std::uint16_t(cfg ? cfg->queues : 1);
+            p.net.bridge = cfg ? cfg->bridge : std::string();
+            p.net.mtu = std::uint16_t(cfg ? cfg->mtu : 1500);
+            return std::nullopt;
+        case DeviceType::Console:
+            p.console.backend = !cfg || cfg->console == ConsoleBackend::Pty ? devices::ConsoleConfig::Backend::Pty
+                                : cfg->console == ConsoleBackend::Socket  ? devices::ConsoleConfig::Backend::Socket
+                                                                          : devices::ConsoleConfig::Backend::Log;
+            p.console.socket_path = cfg && !cfg->socket.empty()
+                                        ? cfg->socket
+                                        : "/run/xen-virtiod/dom" + std::to_string(dom) + "-console" +
+                                              std::to_string(index) + ".sock";
+            p.console.log_path = cfg ? cfg->log : std::string();
+            return std::nullopt;
+    }
+    return "unknown device type";
+}
+
+}  // namespace
+
+PlanResult plan_guest(const Config& config, xen::DomId domid, const std::string& name,
+                      const std::vector<AnnouncedDevice>& announced, xen::DomId backend_domid) {
+    PlanResult out;
+    out.plan.domid = domid;
+    out.plan.name = name;
+    out.plan.cls = config.class_of(domid, name);
+    out.plan.pci.backend_domid = backend_domid;
+
+    std::vector<AnnouncedDevice> devs = announced;
+    std::sort(devs.begin(), devs.end(), [](const auto& a, const auto& b) {
+        return a.kind != b.kind ? a.kind < b.kind : a.devid < b.devid;
+    });
+    std::map<DeviceType, unsigned> next_index;
+    std::set<const DeviceEntry*> used;
+    // mmio entries of this guest, for generic "virtio,device" slots whose
+    // type only the configuration knows.
+    std::vector<const DeviceEntry*> generic_pool;
+    for (const DeviceEntry* e : config.devices_of(domid, name))
+        if (e->transport == Transport::Mmio) generic_pool.push_back(e);
+
+    for (const auto& dev : devs) {
+        std::optional<DeviceType> type =
+            dev.kind == BackendKind::VirtioDisk ? std::optional(DeviceType::Blk) : type_from_compatible(dev.type);
+        const DeviceEntry* cfg = nullptr;
+        if (type) {
+            cfg = config.find_device(domid, name, *type, next_index[*type]);
+        } else {
+            for (const DeviceEntry* e : generic_pool)
+                if (!used.count(e)) {
+                    cfg = e;
+                    type = e->type;
+                    break;
+                }
+            if (!type) {
+                out.refused.emplace_back(dev, "generic '" + dev.type +
+                                                  "' slot and no unused [[device]] entry for this guest says "
+                                                  "what it is (set type = \"blk\"|\"net\"|\"console\")");
+                continue;
+            }
+        }
+        if (cfg) used.insert(cfg);
+        unsigned index = next_index[*type]++;
+        if (!dev.grant_usage && !(cfg && cfg->grants_explicit && cfg->grants)) {
+            // safety-policy.md: never a foreign mapping of guest RAM; a
+            // guest without grants is refused whatever its class.
+            out.refused.emplace_back(dev, "grant_usage=0: the frontend would use guest-physical addresses and "
+                                          "xen-virtiod maps guest memory only through grants (seed \"FFI: Memory "
+                                          "Mappings\"); set grant_usage=1 in xl.cfg");
+            continue;
+        }
+        if (dev.transport != "mmio") {
+            out.refused.emplace_back(dev, "transport '" + dev.transport +
+                                              "' announced in xenstore: only mmio windows come from the "
+                                              "toolstack; configure virtio-pci devices in [[device]]");
+            continue;
+        }
+        DevicePlan p;
+        p.type = *type;
+        p.name = std::string(to_string(*type)) + std::to_string(index);
+        p.transport = Transport::Mmio;
+        p.nonblocking = cfg ? cfg->nonblocking : false;
+        p.announced = dev;
+        if (auto why = fill_backend(p, cfg, &dev, domid, index)) {
+            out.refused.emplace_back(dev, *why);
+            continue;
+        }
+        out.plan.devices.push_back(std::move(p));
+    }
+
+    // virtio-pci devices come from the configuration only (xl has no
+    // virtio-pci on Arm, lab-notes.md); they sit behind our ECAM host.
+    for (const DeviceEntry* e : config.devices_of(domid, name)) {
+        if (e->transport != Transport::Pci || used.count(e)) continue;
+        DevicePlan p;
+        p.type = e->type;
+        unsigned index = next_index[e->type]++;
+        p.name = std::string(to_string(e->type)) + std::to_string(index);
+        p.transport = Transport::Pci;
+        p.nonblocking = e->nonblocking;
+        if (!e->grants) continue;  // refused by the policy (R1), reported there
+        if (auto why = fill_backend(p, e, nullptr, domid, index)) {
+            spdlog::error("dom{} {}: {}", domid, p.name, *why);
+            continue;
+        }
+        out.plan.devices.push_back(std::move(p));
+    }
+    return out;
+}
+
+std::shared_ptr<GuestManager> GuestManager::create(const Config& config, xen::Hypervisor& hv,
+                                                   boost::asio::any_io_executor ex, ManagerOptions opts) {
+    return std::shared_ptr<GuestManager>(new GuestManager(config, hv, ex, std::move(opts)));
+}
+
+GuestManager::GuestManager(const Config& config, xen::Hypervisor& hv, boost::asio::any_io_executor ex,
+                           ManagerOptions opts)
+    : config_(config), hv_(hv), ex_(ex), strand_(boost::asio::make_strand(ex)), opts_(std::move(opts)),
+      reap_timer_(ex) {}
+
+GuestManager::~GuestManager() {
+    // The watch fd belongs to the XenStore handle: never close it twice.
+    if (watch_sd_ && watch_sd_->is_open()) (void)watch_sd_->release();
+}
+
+Result<Verdicts> GuestManager::start() {
+    auto self = hv_.self_domid();
+    if (!self) return std::move(self).error();
+    self_ = self.value();
+    auto xs = hv_.open_xenstore();
+    if (!xs) return std::move(xs).error();
+    xs_ = std::move(xs).value();
+    if (auto dc = hv_.open_domain_control()) dc_ = std::move(dc).value();
+    host_ = host_facts(&hv_);
+
+    // Watch before the first scan, so nothing announced in between is missed.
+    for (const char* kind : {"virtio", "virtio_disk"}) {
+        const std::string path = "/local/domain/" + std::to_string(self_) + "/backend/" + kind;
+        if (auto r = xs_->watch(path, kind); !r)
+            spdlog::warn("cannot watch {}: {}", path, r.error().describe());
+    }
+    (void)xs_->watch("@introduceDomain", "introduce");
+    (void)xs_->watch("@releaseDomain", "release");
+
+    // The first scan decides whether we start at all (safety-policy.md).
+    ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
+    ++stats_.scans;
+    auto want = wanted(scan);
+    Verdicts all;
+    {
+        std::vector<GuestFacts> facts;
+        for (auto& [dom, devs] : want) {
+            auto g = guests_from_announced(devs, config_, xs_.get());
+            if (g.empty()) {
+                GuestFacts f;
+                f.domid = dom;
+                f.name = guest_name(dom);
+                g.push_back(std::move(f));
+            }
+            for (const DeviceEntry* e : config_.devices_of(dom, g.front().name)) {
+                if (e->transport != Transport::Pci) continue;
+                DeviceFacts d;
+                d.type = e->type;
+                d.index = e->index;
+                d.transport = Transport::Pci;
+                d.grant_usage = e->grants;
+                d.nonblocking = e->nonblocking;
+                d.key = "config/" + e->name();
+                g.front().devices.push_back(std::move(d));
+            }
+            for (auto& x : g) facts.push_back(std::move(x));
+        }
+        all = evaluate(config_, facts, host_);
+    }
+    log_verdicts(all);
+    if (all.refuses_start()) return all;
+
+    for (auto& [path, err] : scan.errors) {
+        spdlog::error("{}: ignored: {}", path, err.describe());
+        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
+        reported_.insert(path);
+    }
+    for (auto& [dom, devs] : want) start_guest(dom, devs, true, nullptr);
+    arm_watch();
+    if (opts_.spawn_workers) reap_workers();
+    return all;
+}
+
+std::map<xen::DomId, std::vector<AnnouncedDevice>> GuestManager::wanted(ScanResult& scan) {
+    std::map<xen::DomId, std::vector<AnnouncedDevice>> want;
+    for (auto& d : scan.devices) {
+        if (d.frontend == self_) continue;  // never serve ourselves
+        if (!d.online || d.state >= int(xen::XenbusState::Closing)) continue;
+        want[d.frontend].push_back(d);
+    }
+    // Guests with configured virtio-pci devices, when their domain exists.
+    for (const DeviceEntry& e : config_.devices) {
+        if (e.transport != Transport::Pci) continue;
+        std::optional<xen::DomId> dom = e.guest_id;
+        if (!dom && !e.guest_name.empty()) {
+            if (auto list = xs_->directory("/local/domain")) {
+                for (const auto& id : list.value()) {
+                    auto n = parse_xs_uint(id, 0x7fef);
+                    if (!n) continue;
+                    if (auto nm = xs_->read("/local/domain/" + id + "/name"); nm && nm.value() == e.guest_name) {
+                        dom = xen::DomId(*n);
+                        break;
+                    }
+                }
+            }
+        }
+        if (!dom || *dom == self_) continue;
+        if (opts_.only_guest && *opts_.only_guest != *dom) continue;
+        if (!guest_alive(*dom)) continue;
+        want[*dom];  // ensure the guest is considered
+    }
+    return want;
+}
+
+bool GuestManager::guest_alive(xen::DomId domid) {
+    if (dc_) {
+        auto info = dc_->info(domid);
+        if (!info) return false;
+        return !info.value().dying;
+    }
+    return bool(xs_->read("/local/domain/" + std::to_string(domid) + "/name"));
+}
+
+std::string GuestManager::guest_name(xen::DomId domid) {
+    if (auto n = xs_->read("/local/domain/" + std::to_string(domid) + "/name")) {
+        std::string s = n.value().substr(0, 64);
+        for (char& c : s)
+            if (c < 0x20 || c > 0x7e) c = '?';
+        return s;
+    }
+    return {};
+}
+
+void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevice>& devs, bool at_start,
+                               Verdicts* out) {
+    (void)out;
+    if (sessions_.count(domid) || workers_.count(domid) || refused_guests_.count(domid)) return;
+    const std::string name = guest_name(domid);
+
+    // Evaluate the policy for this guest (again: guests found later).
+    auto facts = guests_from_announced(devs, config_, xs_.get());
+    if (facts.empty()) {
+        GuestFacts f;
+        f.domid = domid;
+        f.name = name;
+        facts.push_back(std::move(f));
+    }
+    PlanResult pr = plan_guest(config_, domid, name, devs, self_);
+    for (const auto& d : pr.plan.devices) {
+        if (d.transport != Transport::Pci) continue;
+        DeviceFacts f;
+        f.type = d.type;
+        f.transport = Transport::Pci;
+        f.grant_usage = true;
+        f.nonblocking = d.nonblocking;
+        f.key = "config/" + d.name;
+        facts.front().devices.push_back(std::move(f));
+    }
+    Verdicts v = evaluate(config_, facts, host_);
+    if (!at_start) log_verdicts(v);
+
+    bool guest_refused = false;
+    for (const auto& item : v.items) {
+        if (item.level != Level::Refuse || !item.domid || *item.domid != domid) continue;
+        guest_refused = true;
+        spdlog::error("dom{} ({}): not served: {} (seed \"{}\"): {}", domid, name, item.rule, item.section,
+                      item.message);
+    }
+    if (guest_refused) {
+        ++stats_.guests_refused;
+        refused_guests_.insert(domid);
+        for (const auto& d : devs) {
+            const Verdict* why = nullptr;
+            for (const auto& item : v.items)
+                if (item.level == Level::Refuse && item.domid && *item.domid == domid) why = &item;
+            if (why) (void)write_device_error(*xs_, self_, d, xenstore_error_text(*why));
+        }
+        return;
+    }
+    // Devices the policy refuses (UnsafeVM without grants, ...).
+    std::set<std::string> policy_refused;
+    for (const auto& item : v.items) {
+        if (item.level != Level::DeviceRefused || !item.domid || *item.domid != domid) continue;
+        policy_refused.insert(item.device_key);
+        for (const auto& d : devs)
+            if (d.key() == item.device_key && reported_.insert(d.backend_path).second) {
+                ++stats_.devices_refused;
+                spdlog::error("dom{} {}: refused: {}", domid, d.backend_path, xenstore_error_text(item));
+                (void)write_device_error(*xs_, self_, d, xenstore_error_text(item));
+            }
+    }
+    for (const auto& [d, why] : pr.refused) {
+        if (policy_refused.count(d.key()) || !reported_.insert(d.backend_path).second) continue;
+        ++stats_.devices_refused;
+        spdlog::error("dom{} {}: refused: {}", domid, d.backend_path, why);
+        (void)write_device_error(*xs_, self_, d, "xen-virtiod refused dom" + std::to_string(domid) + ": " + why);
+    }
+    std::erase_if(pr.plan.devices, [&](const DevicePlan& p) {
+        return (p.announced && policy_refused.count(p.announced->key())) ||
+               (!p.announced && policy_refused.count("config/" + p.name));
+    });
+    if (pr.plan.devices.empty()) return;
+
+    if (opts_.spawn_workers) {
+        spawn_worker(domid);
+        return;
+    }
+    auto s = GuestSession::start(hv_, xs_.get(), ex_, std::move(pr.plan));
+    if (!s) {
+        for (const auto& d : devs) (void)write_device_error(*xs_, self_, d, "xen-virtiod: " + s.error().message);
+        return;
+    }
+    ++stats_.sessions_started;
+    sessions_[domid] = s.value();
+    if (opts_.on_session) opts_.on_session(s.value());
+}
+
+void GuestManager::stop_guest(xen::DomId domid, const char* why) {
+    auto it = sessions_.find(domid);
+    if (it == sessions_.end()) return;
+    spdlog::info("dom{}: {}", domid, why);
+    auto s = it->second;
+    sessions_.erase(it);
+    ++stats_.sessions_stopped;
+    s->stop([s] {});
+}
+
+void GuestManager::arm_watch() {
+    if (stopping_ || !xs_) return;
+    if (!watch_sd_) {
+        int fd = xs_->watch_fd();
+        if (fd < 0) return;
+        watch_sd_.emplace(strand_, fd);
+    }
+    auto self = shared_from_this();
+    watch_sd_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                          boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
+                              if (ec || self->stopping_) return;
+                              self->on_watch();
+                              self->arm_watch();
+                          }));
+}
+
+void GuestManager::on_watch() {
+    bool any = false;
+    for (int i = 0; i < 256; ++i) {  // bounded: a flood of events is one rescan
+        auto ev = xs_->read_watch();
+        if (!ev || !ev.value()) break;
+        any = true;
+    }
+    if (any) rescan();
+}
+
+void GuestManager::rescan() {
+    if (stopping_) return;
+    ++stats_.scans;
+    ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
+    for (auto& [path, err] : scan.errors) {
+        if (!reported_.insert(path).second) continue;
+        spdlog::error("{}: ignored: {}", path, err.describe());
+        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
+    }
+    // Guests that went away: backend state Closing (xl destroy), backend
+    // directory removed, or the domain dying/destroyed.
+    std::map<xen::DomId, bool> closing;
+    for (const auto& d : scan.devices)
+        if (d.state >= int(xen::XenbusState::Closing) || !d.online) closing[d.frontend] = true;
+    std::vector<xen::DomId> gone;
+    for (const auto& [dom, s] : sessions_) {
+        bool present = false;
+        for (const auto& d : scan.devices) present |= d.frontend == dom;
+        bool has_pci = false;
+        for (const auto& p : s->plan().devices) has_pci |= p.transport == Transport::Pci;
+        if (closing.count(dom) || !guest_alive(dom) || (!present && !has_pci)) gone.push_back(dom);
+    }
+    for (auto dom : gone) stop_guest(dom, "guest went away (xenstore state Closing, or domain destroyed)");
+    for (auto dom : std::vector<xen::DomId>(refused_guests_.begin(), refused_guests_.end()))
+        if (!guest_alive(dom)) refused_guests_.erase(dom);
+
+    auto want = wanted(scan);
+    for (auto& [dom, devs] : want) start_guest(dom, devs, false, nullptr);
+
+    if (opts_.only_guest && !sessions_.count(*opts_.only_guest) && !guest_alive(*opts_.only_guest)) {
+        spdlog::info("dom{}: guest gone, worker exits", *opts_.only_guest);
+        if (opts_.on_only_guest_gone) opts_.on_only_guest_gone();
+    }
+}
+
+void GuestManager::spawn_worker(xen::DomId domid) {
+    // R5: one worker per guest, restricted to it (it calls restrict_all).
+    pid_t pid = fork();
+    if (pid < 0) {
+        spdlog::error("dom{}: cannot start a worker: fork: {}", domid, std::strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        std::string dom = std::to_string(domid);
+        const char* argv[] = {opts_.self_exe.c_str(), "serve", "--domid", dom.c_str(), "--config",
+                              opts_.config_path.c_str(), "--worker", nullptr};
+        execv(opts_.self_exe.c_str(), const_cast<char* const*>(argv));
+        _exit(127);
+    }
+    ++stats_.workers_spawned;
+    workers_[domid] = pid;
+    spdlog::info("dom{}: worker pid {} started", domid, pid);
+}
+
+void GuestManager::reap_workers() {
+    for (auto it = workers_.begin(); it != workers_.end();) {
+        int status = 0;
+        pid_t r = waitpid(it->second, &status, WNOHANG);
+        if (r == it->second) {
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+                spdlog::info("dom{}: worker pid {} exited", it->first, it->second);
+            else
+                spdlog::error("dom{}: worker pid {} failed ({}); its guest is no longer served", it->first,
+                              it->second,
+                              WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                                  : "exit " + std::to_string(WEXITSTATUS(status)));
+            it = workers_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (stopping_) return;
+    reap_timer_.expires_after(std::chrono::milliseconds(500));
+    auto self = shared_from_this();
+    reap_timer_.async_wait(boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
+        if (!ec) self->reap_workers();
+    }));
+}
+
+void GuestManager::stop(std::function<void()> done) {
+    auto self = shared_from_this();
+    boost::asio::post(strand_, [self, done = std::move(done)]() mutable {
+        self->stopping_ = true;
+        self->reap_timer_.cancel();
+        if (self->watch_sd_) {
+            self->watch_sd_->cancel();
+            (void)self->watch_sd_->release();
+            self->watch_sd_.reset();
+        }
+        for (auto& [dom, pid] : self->workers_) kill(pid, SIGTERM);
+        for (auto& [dom, pid] : self->workers_) {
+            int st = 0;
+            (void)waitpid(pid, &st, 0);
+        }
+        self->workers_.clear();
+        auto sessions = std::move(self->sessions_);
+        self->sessions_.clear();
+        if (sessions.empty()) {
+            if (done) done();
+            return;
+        }
+        auto remaining = std::make_shared<std::size_t>(sessions.size());
+        auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
+        for (auto& [dom, s] : sessions) {
+            ++self->stats_.sessions_stopped;
+            s->stop([self, s, remaining, shared_done] {
+                boost::asio::post(self->strand_, [remaining, shared_done] {
+                    if (--*remaining == 0 && *shared_done) (*shared_done)();
+                });
+            });
+        }
+    });
+}
+
+void GuestManager::reload(Config config) {
+    auto self = shared_from_this();
+    boost::asio::post(strand_, [self, c = std::move(config)]() mutable {
+        self->config_ = std::move(c);
+        self->refused_guests_.clear();
+        self->rescan();
+    });
+}
+
+std::vector<std::shared_ptr<GuestSession>> GuestManager::sessions() const {
+    std::vector<std::shared_ptr<GuestSession>> out;
+    for (const auto& [d, s] : sessions_) out.push_back(s);
+    return out;
+}
+
+}  // namespace xv::daemon
