@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 #include "privileges.h"
 
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <sched.h>
 #include <seccomp.h>
@@ -69,6 +70,13 @@ Result<void> allow(scmp_filter_ctx ctx, const std::string& name) {
         // Threads only (the Asio pool); no new processes.
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
                               SCMP_A0(SCMP_CMP_MASKED_EQ, std::uint64_t(CLONE_THREAD), std::uint64_t(CLONE_THREAD)));
+    } else if (name == "openat" || name == "open") {
+        // Read-only opens (a SIGHUP reload reads the configuration); no
+        // creating, truncating or writing files after setup.
+        const std::uint64_t mask = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | (O_TMPFILE & ~O_DIRECTORY);
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
+                              name == "openat" ? SCMP_A2(SCMP_CMP_MASKED_EQ, mask, 0)
+                                               : SCMP_A1(SCMP_CMP_MASKED_EQ, mask, 0));
     } else if (name == "kill" || name == "tgkill") {
         // Signals to this process only (abort(), raise()).
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, std::uint64_t(getpid())));
@@ -96,16 +104,17 @@ const std::vector<std::string>& serving_syscalls() {
     static const std::vector<std::string> list{
         // data path: images, taps, ptys, eventfds, Xen device fds
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
-        "lseek", "close", "fcntl", "dup", "dup3", "pipe2", "fstat", "newfstatat", "statx",
+        "openat", "open", "lseek", "close", "fcntl", "dup", "dup3", "pipe2", "fstat", "newfstatat", "statx",
         "fsync", "fdatasync", "fallocate", "sync_file_range",
         // ioctl: /dev/xen/{evtchn,gntdev,privcmd} and TUN/tap need it
         "ioctl",
         // Asio: io_uring for files, epoll for descriptors, eventfd/timerfd
-        "io_uring_enter", "io_uring_register",
+        // (a device creates its ring when the guest activates it)
+        "io_uring_setup", "io_uring_enter", "io_uring_register",
         "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll",
         "eventfd2", "timerfd_create", "timerfd_settime", "timerfd_gettime",
         // memory: allocator, grant mappings (mmap of gntdev), ioreq pages
-        "mmap", "munmap", "mprotect", "madvise", "mremap", "brk", "msync",
+        "mmap", "munmap", "mprotect", "madvise", "mremap", "brk", "msync", "memfd_create",
         // threads and time
         "futex", "clone", "set_robust_list", "rseq", "sched_yield", "sched_getaffinity",
         "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday",
@@ -122,15 +131,13 @@ const std::vector<std::string>& serving_syscalls() {
 
 const std::vector<std::string>& sanitizer_syscalls() {
     // What ASan/UBSan use when they print a report or start a thread:
-    // reading /proc/self/maps and the binary (open, openat, readlink,
-    // getdents64), their alternate signal stack (sigaltstack), prctl
-    // (PR_GET_DUMPABLE, thread names), spin-lock back-off (sched_yield, already
-    // in the serving list),
-    // statistics (getrusage), limits (prlimit64).
-    static const std::vector<std::string> list{"open",   "openat",  "readlink",   "readlinkat", "getdents64",
-                                               "sigaltstack", "prctl", "getrusage",
-                                               "prlimit64", "getrlimit", "stat", "lstat", "access",
-                                               "faccessat"};
+    // reading /proc/self/maps and the binary (read-only open/openat are in
+    // the serving list; readlink, getdents64), their alternate signal stack
+    // (sigaltstack), prctl (PR_GET_DUMPABLE, thread names), statistics
+    // (getrusage), limits (prlimit64), stat calls.
+    static const std::vector<std::string> list{"readlink",  "readlinkat", "getdents64", "sigaltstack",
+                                               "prctl",     "getrusage",  "prlimit64",  "getrlimit",
+                                               "stat",      "lstat",      "access",     "faccessat"};
     return list;
 }
 

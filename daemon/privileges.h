@@ -63,14 +63,16 @@ struct PrivilegeOptions {
 
 /// The syscalls the serving loop uses (names as libseccomp knows them;
 /// names that do not exist on this architecture are skipped). socket is
-/// allowed for AF_UNIX only, clone only for threads, kill/tgkill only on
-/// this process; clone3 answers ENOSYS so that libc falls back to clone.
+/// allowed for AF_UNIX only, open/openat read-only, clone only for
+/// threads, kill/tgkill only on this process; clone3 answers ENOSYS so
+/// that libc falls back to clone. Files, taps and sockets a worker writes
+/// must be opened before the filter goes on.
 const std::vector<std::string>& serving_syscalls();
 
-/// The extra syscalls sanitizers use to print a report: open/openat and
-/// readlink (they read /proc/self/maps and the binary path), sigaltstack
-/// and prctl (their signal handlers), sched_yield (their spin locks),
-/// getrusage (report statistics), and a few stat calls.
+/// The extra syscalls sanitizers use to print a report: readlink and
+/// getdents64 (they read /proc/self/maps and the binary path), sigaltstack
+/// and prctl (their signal handlers), getrusage (report statistics),
+/// prlimit64, and a few stat calls.
 const std::vector<std::string>& sanitizer_syscalls();
 
 /// Tracks one worker through the state machine above.
