@@ -8,6 +8,7 @@ extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 #include "libxen_impl.h"

@@ -90,7 +90,9 @@ public:
     bool remove(Port port);
     /// All recorded ports in ascending order.
     std::vector<Port> ports() const;
+    /// Number of recorded ports.
     std::size_t size() const { return entries_.size(); }
+    /// True when no port is recorded.
     bool empty() const { return entries_.empty(); }
 
 private:

@@ -11,6 +11,14 @@
 //                    --open_xenstore()--------> XsStore         (xenstore)
 //                    --open_domain_control()--> XcDomainControl (xenctrl)
 //
+// Ioreq server lifecycle (DmIoreqServer, devicemodel.cc):
+//
+//   [none] --create_ioreq_server--> Created --map_resource--> Mapped
+//          --set_ioreq_server_state(1)--> Enabled --bind vp_eports--> Serving
+//   Serving --serve_pending()--> Serving
+//   any state --destructor or setup failure--> unbind ports -> unmap
+//          resource -> destroy_ioreq_server -> [none]  (each step only if done)
+//
 // All of them share one Counters block (BoundaryStats) through a shared_ptr,
 // so handles may outlive the Hypervisor object.
 #pragma once
