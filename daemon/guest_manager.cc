@@ -268,8 +268,10 @@ std::map<xen::DomId, std::vector<AnnouncedDevice>> GuestManager::wanted(ScanResu
 bool GuestManager::guest_alive(xen::DomId domid) {
     if (dc_) {
         auto info = dc_->info(domid);
-        if (!info) return false;
-        return !info.value().dying;
+        if (info) return !info.value().dying;
+        if (info.error().code == std::errc::no_such_process) return false;
+        // A driver domain may not query other domains (sysctl refused):
+        // fall through to what xenstore says.
     }
     return bool(xs_->read("/local/domain/" + std::to_string(domid) + "/name"));
 }
