@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // Guest-side virtio driver for tests (split and packed rings over xen/sim).
-#include "xv/test/virtqueue_driver.h"
+#include "xv/guest/virtqueue_driver.h"
 
 #include <atomic>
 #include <cstring>
 
-namespace xv::test {
+namespace xv::guest {
 
 namespace {
 
@@ -404,4 +404,4 @@ void VirtqueueDriver::push_avail(std::uint16_t head) {
     set_avail_idx(avail_shadow_);
 }
 
-}  // namespace xv::test
+}  // namespace xv::guest
