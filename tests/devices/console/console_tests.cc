@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// virtio-console from the guest side: simulated guest queues, the host side
+// through the real pty, unix socket and log file.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "xv/devices/console.h"
+#include "xv/test/queue_harness.h"
+
+namespace xv {
+namespace {
+
+using namespace std::chrono_literals;
+using devices::ConsoleConfig;
+namespace cf = devices::console_feature;
+
+/// A console device on two simulated guest queues, the loop on a thread.
+class ConsoleTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        dir = std::filesystem::temp_directory_path() /
+              ("xv-console-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+        std::filesystem::create_directories(dir);
+    }
+    void TearDown() override {
+        stop();
+        std::error_code ec;
+        std::filesystem::remove_all(dir, ec);
+    }
+
+    void start(ConsoleConfig cfg, std::uint64_t features = (1ULL << cf::kSize) | (1ULL << cf::kEmergWrite)) {
+        auto hh = test::QueueHarness::create();
+        ASSERT_TRUE(hh) << hh.error().describe();
+        h = std::move(*hh);
+        auto d = devices::make_console_device(cfg, {h->domid, "console0"}, h->io.get_executor());
+        ASSERT_TRUE(d) << d.error().describe();
+        dev = std::move(*d);
+        guard.emplace(h->io.get_executor());
+        loop = std::thread([this] { h->io.run(); });
+        transport::ActivateContext ctx;
+        ctx.features = features | transport::feature::bit(transport::feature::kVersion1);
+        for (std::uint16_t i = 0; i < 2; ++i) {
+            test::DriverOptions o;
+            o.size = 64;
+            o.index = i;
+            o.log_name = "console0 q" + std::to_string(i);
+            auto dr = h->driver(o);
+            ASSERT_TRUE(dr);
+            auto vq = h->queue(**dr);
+            ASSERT_TRUE(vq);
+            ctx.queues.push_back(vq->get());
+            drv.push_back(std::move(*dr));
+            q.push_back(std::move(*vq));
+        }
+        ctx.config_changed = [this] { ++config_changes; };
+        ctx.needs_reset = [this](const Error&) { ++needs_reset; };
+        ASSERT_TRUE(dev->activate(std::move(ctx)));
+    }
+
+    void stop() {
+        if (dev) dev->reset([] {});
+        if (guard) {
+            guard.reset();
+            h->io.stop();
+        }
+        if (loop.joinable()) loop.join();
+        q.clear();
+        dev.reset();
+    }
+
+    void kick(std::uint16_t i) {
+        auto* d = dev.get();
+        boost::asio::post(q[i]->strand(), [d, i] { d->queue_notify(i); });
+    }
+
+    std::optional<test::UsedElem> wait_used(std::uint16_t i, std::chrono::milliseconds t = 3000ms) {
+        auto end = std::chrono::steady_clock::now() + t;
+        for (;;) {
+            if (auto u = drv[i]->next_used()) return u;
+            if (std::chrono::steady_clock::now() > end) return std::nullopt;
+            std::this_thread::sleep_for(200us);
+        }
+    }
+
+    /// The guest writes `text` on port 0.
+    void guest_write(std::string_view text) {
+        ASSERT_TRUE(drv[1]->chain().readable(text).submit());
+        kick(1);
+        auto u = wait_used(1);
+        ASSERT_TRUE(u);
+        EXPECT_EQ(u->len, 0u);
+    }
+
+    /// Posts `n` receive buffers of `len` bytes.
+    std::vector<test::Submitted> post_rx(int n, std::uint32_t len) {
+        std::vector<test::Submitted> v;
+        for (int i = 0; i < n; ++i) {
+            auto s = drv[0]->chain().writable(len).submit();
+            EXPECT_TRUE(s);
+            if (s) v.push_back(*s);
+        }
+        kick(0);
+        return v;
+    }
+
+    /// Collects `want` bytes of guest input from used rx chains in `bufs`.
+    std::string collect_rx(const std::vector<test::Submitted>& bufs, std::size_t want, std::chrono::milliseconds t = 3000ms) {
+        std::string got;
+        while (got.size() < want) {
+            auto u = wait_used(0, t);
+            if (!u) break;
+            for (auto& b : bufs)
+                if (b.id == u->id) got += b.buf(0).str().substr(0, u->len);
+        }
+        return got;
+    }
+
+    static std::string read_fd(int fd, std::size_t want, std::chrono::milliseconds t = 3000ms) {
+        std::string got;
+        auto end = std::chrono::steady_clock::now() + t;
+        while (got.size() < want && std::chrono::steady_clock::now() < end) {
+            pollfd p{fd, POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            char b[4096];
+            ssize_t n = ::read(fd, b, sizeof b);
+            if (n <= 0) break;
+            got.append(b, static_cast<std::size_t>(n));
+        }
+        return got;
+    }
+
+    static std::string file(const std::filesystem::path& p) {
+        std::ifstream f(p);
+        std::stringstream s;
+        s << f.rdbuf();
+        return s.str();
+    }
+
+    /// Waits until the log file holds at least `n` bytes.
+    std::string wait_log(std::size_t n) {
+        for (int i = 0; i < 300; ++i) {
+            auto s = file(dir / "console.log");
+            if (s.size() >= n) return s;
+            std::this_thread::sleep_for(10ms);
+        }
+        return file(dir / "console.log");
+    }
+
+    int connect_client() {
+        int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, dev->socket_path().c_str(), sizeof a.sun_path - 1);
+        if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+            ::close(s);
+            return -1;
+        }
+        return s;
+    }
+
+    static inline std::atomic<int> counter{0};
+    std::filesystem::path dir;
+    std::unique_ptr<test::QueueHarness> h;
+    std::unique_ptr<devices::ConsoleDevice> dev;
+    std::vector<std::unique_ptr<test::VirtqueueDriver>> drv;
+    std::vector<std::unique_ptr<transport::Virtqueue>> q;
+    std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> guard;
+    std::thread loop;
+    std::atomic<int> config_changes{0};
+    std::atomic<int> needs_reset{0};
+};
+
+ConsoleConfig pty_cfg(const std::filesystem::path& log = {}) {
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Pty;
+    c.log_path = log.string();
+    c.winsize_poll = 20ms;
+    return c;
+}
+
+TEST_F(ConsoleTest, GuestOutputAppearsOnPtyAndInLog) {
+    start(pty_cfg(dir / "console.log"));
+    ASSERT_FALSE(dev->pty_path().empty());
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK);
+    ASSERT_GE(s, 0) << dev->pty_path();
+    guest_write("hello\r\nworld\n");
+    EXPECT_EQ(read_fd(s, 13), "hello\r\nworld\n");  // raw: no translation, no echo
+    EXPECT_EQ(wait_log(13), "hello\r\nworld\n");
+    EXPECT_EQ(dev->stats().out_bytes, 13u);
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, PtyInputReachesGuestInOrderThroughSmallBuffers) {
+    start(pty_cfg());
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY);
+    ASSERT_GE(s, 0);
+    std::string input;
+    for (int i = 0; i < 3000; ++i) input += char('a' + i % 26);
+    ASSERT_EQ(::write(s, input.data(), input.size()), ssize_t(input.size()));
+    // Fewer buffers than the input needs: the rest waits, in order.
+    auto bufs = post_rx(20, 64);
+    std::string got = collect_rx(bufs, 20 * 64);
+    EXPECT_EQ(got, input.substr(0, 20 * 64));
+    EXPECT_FALSE(wait_used(0, 200ms)) << "input delivered without buffers";
+    auto more = post_rx(40, 64);
+    got += collect_rx(more, input.size() - got.size());
+    EXPECT_EQ(got, input);
+    EXPECT_EQ(dev->stats().in_bytes, input.size());
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, SocketReplaysDetachedOutputOnAttachAndCarriesInput) {
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Socket;
+    c.socket_path = (dir / "c.sock").string();
+    start(c, 1ULL << cf::kEmergWrite);
+    EXPECT_FALSE(dev->attached());
+    EXPECT_FALSE(dev->device_features() & (1ULL << cf::kSize));  // no window size on a socket
+    guest_write("boot messages\n");
+    int cl = connect_client();
+    ASSERT_GE(cl, 0);
+    EXPECT_EQ(read_fd(cl, 14), "boot messages\n");
+    guest_write("live\n");
+    EXPECT_EQ(read_fd(cl, 5), "live\n");
+    EXPECT_TRUE(dev->attached());
+    // A second client is turned away while the first is attached.
+    int cl2 = connect_client();
+    if (cl2 >= 0) {
+        EXPECT_EQ(read_fd(cl2, 1, 500ms), "");
+        ::close(cl2);
+    }
+    auto bufs = post_rx(4, 64);
+    ASSERT_EQ(::write(cl, "ls -l\n", 6), 6);
+    EXPECT_EQ(collect_rx(bufs, 6), "ls -l\n");
+    // Detach, write, re-attach: the output kept meanwhile comes first.
+    ::close(cl);
+    for (int i = 0; i < 100 && dev->attached(); ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_FALSE(dev->attached());
+    guest_write("while away\n");
+    cl = connect_client();
+    ASSERT_GE(cl, 0);
+    EXPECT_EQ(read_fd(cl, 11), "while away\n");
+    EXPECT_EQ(dev->stats().attaches, 2u);
+    ::close(cl);
+}
+
+TEST_F(ConsoleTest, DetachedBufferDropsOldestButLogKeepsAll) {
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Socket;
+    c.socket_path = (dir / "c.sock").string();
+    c.log_path = (dir / "console.log").string();
+    c.buffer_bytes = 16;
+    start(c);
+    const std::string all = "0123456789abcdefghijklmnopqrstuvwxyzABCD";  // 40 bytes
+    guest_write(all.substr(0, 20));
+    guest_write(all.substr(20));
+    EXPECT_EQ(wait_log(40), all);
+    int cl = connect_client();
+    ASSERT_GE(cl, 0);
+    EXPECT_EQ(read_fd(cl, 16), all.substr(24));
+    EXPECT_EQ(dev->stats().out_dropped, 24u);
+    ::close(cl);
+}
+
+TEST_F(ConsoleTest, WindowSizeChangeUpdatesConfigAndNotifies) {
+    start(pty_cfg());
+    std::array<std::byte, 4> c{};
+    dev->read_config(0, c);
+    EXPECT_EQ(std::to_integer<int>(c[0]), 80);
+    EXPECT_EQ(std::to_integer<int>(c[2]), 24);
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY);
+    ASSERT_GE(s, 0);
+    winsize ws{};
+    ws.ws_col = 300;
+    ws.ws_row = 43;
+    ASSERT_EQ(::ioctl(s, TIOCSWINSZ, &ws), 0);
+    for (int i = 0; i < 200 && config_changes == 0; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_GE(config_changes.load(), 1);
+    dev->read_config(0, c);
+    EXPECT_EQ(std::to_integer<int>(c[0]) | std::to_integer<int>(c[1]) << 8, 300);
+    EXPECT_EQ(std::to_integer<int>(c[2]) | std::to_integer<int>(c[3]) << 8, 43);
+    EXPECT_EQ(dev->window_size(), (std::pair<std::uint16_t, std::uint16_t>{300, 43}));
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, WindowSizeChangeIsSilentWithoutFSize) {
+    start(pty_cfg(), 1ULL << cf::kEmergWrite);
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY);
+    ASSERT_GE(s, 0);
+    winsize ws{};
+    ws.ws_col = 100;
+    ws.ws_row = 30;
+    ASSERT_EQ(::ioctl(s, TIOCSWINSZ, &ws), 0);
+    for (int i = 0; i < 100 && dev->window_size().first != 100; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(dev->window_size().first, 100);
+    EXPECT_EQ(config_changes.load(), 0);
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, EmergWriteEmitsOneCharacter) {
+    start(pty_cfg(dir / "console.log"));
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK);
+    ASSERT_GE(s, 0);
+    std::array<std::byte, 4> v{std::byte('X'), std::byte(0), std::byte(0), std::byte(0)};
+    dev->write_config(8, v);
+    std::array<std::byte, 1> v2{std::byte('Y')};
+    dev->write_config(8, v2);
+    std::array<std::byte, 2> ro{std::byte(1), std::byte(2)};
+    dev->write_config(0, ro);  // cols: read-only, ignored
+    EXPECT_EQ(read_fd(s, 2), "XY");
+    EXPECT_EQ(wait_log(2), "XY");
+    EXPECT_EQ(dev->stats().emerg_chars, 2u);
+    std::array<std::byte, 2> c{};
+    dev->read_config(0, c);
+    EXPECT_EQ(std::to_integer<int>(c[0]), 80);
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, BadChainsAreReturnedAndDataStillFlows) {
+    start(pty_cfg());
+    int s = ::open(dev->pty_path().c_str(), O_RDWR | O_NOCTTY | O_NONBLOCK);
+    ASSERT_GE(s, 0);
+    // A receive chain with nothing device-writable, then a good one.
+    ASSERT_TRUE(drv[0]->chain().readable(std::uint32_t(16)).submit());
+    auto good = post_rx(1, 32);
+    ASSERT_EQ(::write(s, "abc", 3), 3);
+    auto u1 = wait_used(0);
+    ASSERT_TRUE(u1);
+    EXPECT_EQ(u1->len, 0u);
+    EXPECT_EQ(collect_rx(good, 3), "abc");
+    // A transmit chain with a writable part: its readable bytes still go out.
+    ASSERT_TRUE(drv[1]->chain().readable("out").writable(8).submit());
+    kick(1);
+    auto u2 = wait_used(1);
+    ASSERT_TRUE(u2);
+    EXPECT_EQ(u2->len, 0u);
+    EXPECT_EQ(read_fd(s, 3), "out");
+    EXPECT_EQ(dev->stats().bad_chains, 2u);
+    EXPECT_EQ(needs_reset.load(), 0);
+    ::close(s);
+}
+
+TEST_F(ConsoleTest, LogBackendAndResetUnmapsEverything) {
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Log;
+    c.log_path = (dir / "console.log").string();
+    start(c);
+    EXPECT_TRUE(dev->pty_path().empty());
+    guest_write("only to the log\n");
+    EXPECT_EQ(wait_log(16), "only to the log\n");
+    post_rx(4, 64);
+    bool done = false;
+    dev->reset([&] { done = true; });
+    EXPECT_TRUE(done);
+    guard.reset();
+    h->io.stop();
+    loop.join();
+    q.clear();
+    EXPECT_EQ(h->guest->mapped_refs(), 0u);
+}
+
+TEST(ConsoleCreate, BadConfigIsRefused) {
+    boost::asio::io_context io;
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Log;
+    auto r = devices::make_console(c, {3, "console0"}, io.get_executor());
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("dom3 console0"), std::string::npos);
+    c.backend = ConsoleConfig::Backend::Socket;
+    EXPECT_FALSE(devices::make_console(c, {3, "console0"}, io.get_executor()));
+    auto p = std::filesystem::temp_directory_path() / ("xv-notasock-" + std::to_string(::getpid()));
+    std::ofstream(p) << "x";
+    c.socket_path = p.string();
+    EXPECT_FALSE(devices::make_console(c, {3, "console0"}, io.get_executor()));
+    EXPECT_TRUE(std::filesystem::exists(p)) << "a regular file was removed";
+    std::filesystem::remove(p);
+    EXPECT_EQ(devices::console_error_used_len(devices::ConsoleError::RxNotWritable, 5), 0u);
+    EXPECT_EQ(devices::console_error_used_len(devices::ConsoleError::None, 5), 5u);
+}
+
+}  // namespace
+}  // namespace xv

@@ -1,0 +1,535 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// virtio-net from the guest side: simulated guest queues, a real tap in a
+// private network namespace, packet sockets on the tap as the "wire".
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "net_test_util.h"
+
+namespace xv {
+namespace {
+
+using namespace std::chrono_literals;
+using devices::NetConfig;
+using devices::NetError;
+using devices::VirtioNetHdr;
+using nettest::Mac;
+namespace nf = devices::net_feature;
+namespace nh = devices::net_hdr;
+namespace nc = devices::net_ctrl;
+
+// Before main and before any thread: every tap of this program lives in a
+// namespace of its own, and no frame ever leaves it.
+const nettest::NetNs g_ns = nettest::enter_private_netns();
+
+constexpr std::uint64_t F(unsigned b) { return 1ULL << b; }
+const Mac kGuestMac{0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+const Mac kPeerMac{0x02, 0x00, 0x00, 0x00, 0x00, 0x02};
+const Mac kOtherMac{0x02, 0x00, 0x00, 0x00, 0x00, 0x09};
+const Mac kBcast{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+std::vector<std::byte> cat(std::vector<std::byte> a, const std::vector<std::byte>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+// ---------------------------------------------------------- pure rules ---
+
+TEST(NetHeader, ValidateFollowsSpecRules) {
+    const std::uint64_t all = F(nf::kCsum) | F(nf::kHostTso4) | F(nf::kHostTso6) | F(nf::kHostUfo);
+    VirtioNetHdr h{};
+    EXPECT_EQ(devices::validate_tx_header(h, 60, 0), NetError::None);
+    EXPECT_EQ(devices::validate_tx_header(h, 13, 0), NetError::ShortChain);
+    EXPECT_EQ(devices::validate_tx_header(h, nh::kMaxFrame + 1, 0), NetError::FrameTooLong);
+    EXPECT_EQ(devices::validate_tx_header(h, nh::kMaxFrame, 0), NetError::None);
+
+    h.flags = nh::kDataValid;  // §5.1.6.2.1: never set by the driver
+    EXPECT_EQ(devices::validate_tx_header(h, 60, all), NetError::BadFlags);
+    h.flags = nh::kNeedsCsum;  // needs VIRTIO_NET_F_CSUM
+    h.csum_start = 34;
+    h.csum_offset = 6;
+    EXPECT_EQ(devices::validate_tx_header(h, 60, 0), NetError::BadFlags);
+    EXPECT_EQ(devices::validate_tx_header(h, 60, all), NetError::None);
+    EXPECT_EQ(devices::validate_tx_header(h, 41, all), NetError::BadCsumOffsets);
+    EXPECT_EQ(devices::validate_tx_header(h, 42, all), NetError::None);
+    h.csum_start = 0xffff;
+    h.csum_offset = 0xffff;  // no 16-bit wrap
+    EXPECT_EQ(devices::validate_tx_header(h, nh::kMaxFrame, all), NetError::BadCsumOffsets);
+
+    h = {};
+    h.flags = nh::kNeedsCsum;
+    h.csum_start = 34;
+    h.csum_offset = 16;
+    h.gso_type = nh::kGsoTcpv4;
+    h.gso_size = 1448;
+    h.hdr_len = 54;
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::None);
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all & ~F(nf::kHostTso4)), NetError::BadGsoType);
+    h.gso_type = nh::kGsoTcpv6;
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all & ~F(nf::kHostTso6)), NetError::BadGsoType);
+    h.gso_type = nh::kGsoUdp;
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all & ~F(nf::kHostUfo)), NetError::BadGsoType);
+    h.gso_type = 2;  // not a gso type
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::BadGsoType);
+    h.gso_type = nh::kGsoTcpv4 | nh::kGsoEcn;  // HOST_ECN is never offered
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::BadGsoType);
+    h.gso_type = nh::kGsoTcpv4;
+    h.gso_size = 0;
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::BadGso);
+    h.gso_size = 1448;
+    h.hdr_len = 3001;
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::BadGso);
+    h.hdr_len = 54;
+    h.flags = 0;  // GSO without checksum offload
+    EXPECT_EQ(devices::validate_tx_header(h, 3000, all), NetError::BadFlags);
+}
+
+TEST(NetHeader, ErrorsMapToAckInOnePlace) {
+    EXPECT_EQ(devices::net_error_ack(NetError::None), nc::kOk);
+    for (auto e : {NetError::CtrlMalformed, NetError::CtrlUnsupported, NetError::CtrlBadValue, NetError::ShortChain})
+        EXPECT_EQ(devices::net_error_ack(e), nc::kErr) << devices::net_error_name(e);
+}
+
+// ------------------------------------------------------------ fixture ---
+
+class NetTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!g_ns.ok) GTEST_SKIP() << "no private network namespace with taps: " << g_ns.why;
+    }
+
+    /// Starts a device with `features`; q0 rx, q1 tx, and q2 ctrl when asked.
+    void start(std::uint64_t features, std::uint16_t nq = 3, std::uint16_t pairs = 1, std::uint16_t qsize = 64) {
+        NetConfig cfg;
+        static std::atomic<int> n{0};
+        cfg.tap = "xvnt" + std::to_string(n++);
+        cfg.mac = kGuestMac;
+        cfg.queues = pairs;
+        auto r = rig.start(cfg, features, nq, qsize);
+        ASSERT_TRUE(r) << r.error().describe();
+        auto s = nettest::PacketSocket::open(rig.dev->tap_name());
+        ASSERT_TRUE(s) << "packet socket on " << rig.dev->tap_name() << ": " << std::strerror(errno);
+        wire = std::move(*s);
+    }
+
+    /// Guest sends `f` with header `h` in one buffer; returns the used entry.
+    std::optional<test::UsedElem> guest_send(const std::vector<std::byte>& f, VirtioNetHdr h = {}) {
+        auto sub = rig.drv[1]->chain().readable(cat(nettest::hdr_bytes(h), f)).submit();
+        EXPECT_TRUE(sub);
+        rig.kick(1);
+        return rig.wait_used(1);
+    }
+
+    /// Posts `n` rx buffers of `len` bytes; returns them.
+    std::vector<test::Submitted> post_rx(int n, std::uint32_t len) {
+        std::vector<test::Submitted> v;
+        for (int i = 0; i < n; ++i) {
+            auto s = rig.drv[0]->chain().writable(len).submit();
+            EXPECT_TRUE(s);
+            if (s) v.push_back(*s);
+        }
+        rig.kick(0);
+        return v;
+    }
+
+    /// Sends a control command; returns the ack byte (or -1 when none came).
+    int ctrl(std::uint8_t cls, std::uint8_t cmd, std::vector<std::byte> data) {
+        std::vector<std::byte> m{std::byte(cls), std::byte(cmd)};
+        m.insert(m.end(), data.begin(), data.end());
+        auto sub = rig.drv[2]->chain().readable(m).writable(1).submit();
+        EXPECT_TRUE(sub);
+        rig.kick(2);
+        auto u = rig.wait_used(2);
+        if (!u || u->len != 1) return -1;
+        return std::to_integer<int>(sub->buf(1).bytes()[0]);
+    }
+
+    nettest::NetRig rig;
+    nettest::PacketSocket wire;
+};
+
+std::vector<std::byte> bytes_of(const test::Submitted& s, std::size_t from, std::size_t len) {
+    auto b = s.buf(0).bytes();
+    return std::vector<std::byte>(b.begin() + from, b.begin() + from + len);
+}
+
+VirtioNetHdr read_hdr(const test::Submitted& s) {
+    VirtioNetHdr h;
+    std::memcpy(&h, s.buf(0).ptr, sizeof h);
+    return h;
+}
+
+// ----------------------------------------------------------------- tx ---
+
+TEST_F(NetTest, TxFrameReachesTheTapUnchanged) {
+    start(F(nf::kMrgRxbuf));
+    auto f = nettest::frame(kPeerMac, kGuestMac, 100, 7);
+    auto u = guest_send(f);
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->len, 0u);  // §5.1.6.2: nothing written into tx buffers
+    auto got = wire.recv(2000ms);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(*got, f);
+
+    // Header and frame in separate descriptors, the frame over two buffers.
+    auto f2 = nettest::frame(kPeerMac, kGuestMac, 3000, 9);
+    std::vector<std::byte> a(f2.begin(), f2.begin() + 1000), b(f2.begin() + 1000, f2.end());
+    ASSERT_TRUE(rig.drv[1]->chain().readable(nettest::hdr_bytes({})).readable(a).readable(b).submit());
+    rig.kick(1);
+    ASSERT_TRUE(rig.wait_used(1));
+    got = wire.recv(2000ms);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(*got, f2);
+    EXPECT_EQ(rig.dev->stats().tx_frames, 2u);
+    EXPECT_EQ(rig.dev->stats().tx_bytes, f.size() + f2.size());
+}
+
+TEST_F(NetTest, TxChecksumOffloadHeaderReachesTheKernel) {
+    start(F(nf::kCsum));
+    // An IPv4/UDP frame between two addresses of this namespace's test net,
+    // checksum left to the host (NEEDS_CSUM at the UDP checksum).
+    auto ip = nettest::PacketSocket::open(rig.dev->tap_name(), ETH_P_IP, /*vnet_hdr=*/true);
+    ASSERT_TRUE(ip);
+    std::vector<std::byte> f(14 + 20 + 8 + 32);
+    std::memcpy(f.data(), kPeerMac.data(), 6);
+    std::memcpy(f.data() + 6, kGuestMac.data(), 6);
+    f[12] = std::byte(0x08);
+    const std::uint8_t iph[20] = {0x45, 0, 0, 60, 0, 1, 0, 0, 64, 17, 0, 0, 10, 200, 0, 2, 10, 200, 0, 1};
+    std::memcpy(f.data() + 14, iph, 20);
+    f[34 + 1] = std::byte(9);  // ports
+    f[34 + 3] = std::byte(9);
+    f[34 + 5] = std::byte(40);  // udp length
+    VirtioNetHdr h{};
+    h.flags = nh::kNeedsCsum;
+    h.csum_start = 34;
+    h.csum_offset = 6;
+    auto u = guest_send(f, h);
+    ASSERT_TRUE(u);
+    auto got = ip->recv(2000ms);
+    ASSERT_TRUE(got);
+    ASSERT_GE(got->size(), 10u + f.size());
+    VirtioNetHdr k{};
+    std::memcpy(&k, got->data(), 10);  // packet sockets prepend the 10-byte header
+    EXPECT_EQ(k.flags & nh::kNeedsCsum, nh::kNeedsCsum);
+    EXPECT_EQ(k.csum_start, 34);
+    EXPECT_EQ(k.csum_offset, 6);
+}
+
+TEST_F(NetTest, TxBadHeadersAreDroppedAndChainsReturned) {
+    start(F(nf::kCsum));  // no HOST_TSO4
+    auto f = nettest::frame(kPeerMac, kGuestMac, 200);
+    VirtioNetHdr tso{};
+    tso.flags = nh::kNeedsCsum;
+    tso.gso_type = nh::kGsoTcpv4;
+    tso.gso_size = 100;
+    tso.csum_start = 34;
+    tso.csum_offset = 16;
+    VirtioNetHdr dv{};
+    dv.flags = nh::kDataValid;
+    VirtioNetHdr off{};
+    off.flags = nh::kNeedsCsum;
+    off.csum_start = 210;
+    off.csum_offset = 10;
+    for (const auto& h : {tso, dv, off}) {
+        auto u = guest_send(f, h);
+        ASSERT_TRUE(u) << "chain not returned";
+        EXPECT_EQ(u->len, 0u);
+    }
+    // A chain shorter than header + Ethernet header, and one too long.
+    ASSERT_TRUE(rig.drv[1]->chain().readable(std::uint32_t(12 + 13)).submit());
+    ASSERT_TRUE(rig.drv[1]->chain().readable(std::uint32_t(12 + nh::kMaxFrame + 1)).submit());
+    rig.kick(1);
+    ASSERT_TRUE(rig.wait_used(1));
+    ASSERT_TRUE(rig.wait_used(1));
+    EXPECT_FALSE(wire.recv(200ms)) << "a bad frame reached the tap";
+    EXPECT_EQ(rig.dev->stats().tx_dropped, 5u);
+    EXPECT_TRUE(rig.needs_reset.empty());
+    // The device still works.
+    ASSERT_TRUE(guest_send(f));
+    auto got = wire.recv(2000ms);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(*got, f);
+}
+
+// ----------------------------------------------------------------- rx ---
+
+TEST_F(NetTest, RxFrameReachesTheGuestWithHeader) {
+    start(0);
+    auto bufs = post_rx(2, 12 + 1600);
+    auto f = nettest::frame(kGuestMac, kPeerMac, 300, 3);
+    ASSERT_TRUE(wire.send(f));
+    auto u = rig.wait_used(0);
+    ASSERT_TRUE(u);
+    ASSERT_EQ(u->len, 12 + f.size());
+    const auto& s = u->id == bufs[0].id ? bufs[0] : bufs[1];
+    EXPECT_EQ(bytes_of(s, 12, f.size()), f);
+    VirtioNetHdr h = read_hdr(s);
+    EXPECT_EQ(h.num_buffers, 1);  // §5.1.6.4: 1 without MRG_RXBUF
+    EXPECT_EQ(h.flags, 0);        // no GUEST_CSUM: no flags
+    EXPECT_EQ(h.gso_type, nh::kGsoNone);
+}
+
+TEST_F(NetTest, RxMergeableBuffersCarryOneFrameAcrossChains) {
+    start(F(nf::kMrgRxbuf), 3, 1, 64);
+    auto bufs = post_rx(16, 256);
+    auto f = nettest::frame(kGuestMac, kPeerMac, 1000, 5);  // 12 + 1014 bytes: 5 chains
+    ASSERT_TRUE(wire.send(f));
+    std::vector<std::byte> got;
+    std::vector<test::UsedElem> used;
+    for (int i = 0; i < 5; ++i) {
+        auto u = rig.wait_used(0);
+        ASSERT_TRUE(u) << "chain " << i;
+        used.push_back(*u);
+    }
+    VirtioNetHdr h{};
+    for (std::size_t i = 0; i < used.size(); ++i) {
+        auto it = std::find_if(bufs.begin(), bufs.end(), [&](auto& b) { return b.id == used[i].id; });
+        ASSERT_NE(it, bufs.end());
+        auto b = it->buf(0).bytes();
+        if (i == 0) std::memcpy(&h, b.data(), 12);
+        got.insert(got.end(), b.begin() + (i == 0 ? 12 : 0), b.begin() + used[i].len);
+    }
+    EXPECT_EQ(h.num_buffers, 5);
+    EXPECT_EQ(got, f);
+    EXPECT_FALSE(rig.wait_used(0, 100ms));
+    EXPECT_EQ(rig.dev->stats().rx_merged, 1u);
+}
+
+TEST_F(NetTest, RxWithoutBuffersStopsReadingAndLosesNothing) {
+    start(0);
+    std::vector<std::vector<std::byte>> sent;
+    for (std::uint8_t i = 0; i < 3; ++i) {
+        sent.push_back(nettest::frame(kGuestMac, kPeerMac, 64 + i, i));
+        ASSERT_TRUE(wire.send(sent.back()));
+    }
+    rig.kick(0);  // a kick with nothing posted
+    std::this_thread::sleep_for(300ms);
+    EXPECT_FALSE(rig.drv[0]->next_used());
+    EXPECT_EQ(rig.dev->stats().rx_frames, 0u);
+    auto bufs = post_rx(4, 12 + 1600);
+    for (std::size_t i = 0; i < sent.size(); ++i) {
+        auto u = rig.wait_used(0);
+        ASSERT_TRUE(u) << "frame " << i << " lost";
+        auto it = std::find_if(bufs.begin(), bufs.end(), [&](auto& b) { return b.id == u->id; });
+        ASSERT_NE(it, bufs.end());
+        EXPECT_EQ(u->len, 12 + sent[i].size());
+        EXPECT_EQ(bytes_of(*it, 12, sent[i].size()), sent[i]) << "frame " << i << " out of order";
+    }
+}
+
+TEST_F(NetTest, RxMergeableFrameWaitsForMoreBuffers) {
+    start(F(nf::kMrgRxbuf));
+    auto first = post_rx(2, 256);
+    auto f = nettest::frame(kGuestMac, kPeerMac, 1000, 11);
+    ASSERT_TRUE(wire.send(f));
+    std::this_thread::sleep_for(300ms);
+    EXPECT_FALSE(rig.drv[0]->next_used()) << "a partial frame was published";
+    auto more = post_rx(4, 256);
+    std::vector<test::Submitted> all = first;
+    all.insert(all.end(), more.begin(), more.end());
+    std::vector<std::byte> got;
+    VirtioNetHdr h{};
+    for (int i = 0; i < 5; ++i) {
+        auto u = rig.wait_used(0);
+        ASSERT_TRUE(u);
+        auto it = std::find_if(all.begin(), all.end(), [&](auto& b) { return b.id == u->id; });
+        ASSERT_NE(it, all.end());
+        auto b = it->buf(0).bytes();
+        if (i == 0) std::memcpy(&h, b.data(), 12);
+        got.insert(got.end(), b.begin() + (i == 0 ? 12 : 0), b.begin() + u->len);
+    }
+    EXPECT_EQ(h.num_buffers, 5);
+    EXPECT_EQ(got, f);
+}
+
+TEST_F(NetTest, RxBufferTooSmallWithoutMergeDropsFrameKeepsBuffer) {
+    start(0);
+    auto bufs = post_rx(1, 12 + 100);
+    ASSERT_TRUE(wire.send(nettest::frame(kGuestMac, kPeerMac, 500)));
+    auto small = nettest::frame(kGuestMac, kPeerMac, 50, 4);
+    ASSERT_TRUE(wire.send(small));
+    auto u = rig.wait_used(0);
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->len, 12 + small.size());
+    EXPECT_EQ(bytes_of(bufs[0], 12, small.size()), small);
+    EXPECT_EQ(rig.dev->stats().rx_dropped, 1u);
+}
+
+// --------------------------------------------------------------- ctrl ---
+
+std::vector<std::byte> le32(std::uint32_t v) {
+    return {std::byte(v), std::byte(v >> 8), std::byte(v >> 16), std::byte(v >> 24)};
+}
+
+TEST_F(NetTest, CtrlRxModeAndMacTableFilterFrames) {
+    start(F(nf::kCtrlVq) | F(nf::kCtrlRx));
+    EXPECT_EQ(ctrl(nc::kClassRx, nc::kRxPromisc, {std::byte(0)}), nc::kOk);
+    auto table = cat(le32(1), std::vector<std::byte>{std::byte(0x02), std::byte(0), std::byte(0), std::byte(0),
+                                                      std::byte(0), std::byte(0x42)});
+    table = cat(table, le32(0));
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacTableSet, table), nc::kOk);
+    auto bufs = post_rx(4, 12 + 1600);
+    const Mac listed{0x02, 0, 0, 0, 0, 0x42};
+    ASSERT_TRUE(wire.send(nettest::frame(kOtherMac, kPeerMac, 60, 1)));  // not for us
+    auto mcast = nettest::frame({0x01, 0, 0x5e, 0, 0, 1}, kPeerMac, 60, 2);
+    ASSERT_TRUE(wire.send(mcast));  // multicast, not in the table
+    auto mine = nettest::frame(kGuestMac, kPeerMac, 60, 3);
+    auto inlist = nettest::frame(listed, kPeerMac, 60, 4);
+    auto bc = nettest::frame(kBcast, kPeerMac, 60, 5);
+    ASSERT_TRUE(wire.send(mine));
+    ASSERT_TRUE(wire.send(inlist));
+    ASSERT_TRUE(wire.send(bc));
+    for (const auto& want : {mine, inlist, bc}) {
+        auto u = rig.wait_used(0);
+        ASSERT_TRUE(u);
+        auto it = std::find_if(bufs.begin(), bufs.end(), [&](auto& b) { return b.id == u->id; });
+        ASSERT_NE(it, bufs.end());
+        EXPECT_EQ(bytes_of(*it, 12, want.size()), want);
+    }
+    EXPECT_EQ(rig.dev->stats().rx_filtered, 2u);
+    // ALLMULTI lets the multicast frame in.
+    EXPECT_EQ(ctrl(nc::kClassRx, nc::kRxAllmulti, {std::byte(1)}), nc::kOk);
+    ASSERT_TRUE(wire.send(mcast));
+    auto u = rig.wait_used(0);
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->len, 12 + mcast.size());
+}
+
+TEST_F(NetTest, CtrlMalformedCommandsGetErrAndChangeNothing) {
+    start(F(nf::kCtrlVq) | F(nf::kCtrlRx) | F(nf::kCtrlMacAddr));
+    // MAC table claiming more entries than it carries.
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacTableSet, cat(le32(1000), le32(0))), nc::kErr);
+    // Entry count so large that entries * 6 wraps 32 bits.
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacTableSet, cat(le32(0x2aaaaaab), le32(0))), nc::kErr);
+    // Trailing bytes after the two tables.
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacTableSet, cat(cat(le32(0), le32(0)), {std::byte(1)})), nc::kErr);
+    EXPECT_EQ(ctrl(nc::kClassRx, nc::kRxPromisc, {std::byte(0), std::byte(0)}), nc::kErr);
+    EXPECT_EQ(ctrl(nc::kClassRx, 5, {std::byte(1)}), nc::kErr);  // NOBCAST: CTRL_RX_EXTRA not offered
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacAddrSet, {std::byte(1), std::byte(2)}), nc::kErr);
+    EXPECT_EQ(ctrl(nc::kClassMq, nc::kMqVqPairsSet, {std::byte(1), std::byte(0)}), nc::kErr);  // MQ not negotiated
+    EXPECT_EQ(ctrl(77, 0, {}), nc::kErr);
+    // Only the class byte; and a message without an ack byte.
+    ASSERT_TRUE(rig.drv[2]->chain().readable(std::vector<std::byte>{std::byte(0)}).writable(1).submit());
+    ASSERT_TRUE(rig.drv[2]->chain().readable(std::vector<std::byte>{std::byte(0), std::byte(0), std::byte(0)}).submit());
+    rig.kick(2);
+    auto a = rig.wait_used(2);
+    auto b = rig.wait_used(2);
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(a->len, 1u);
+    EXPECT_EQ(b->len, 0u);
+    EXPECT_EQ(rig.dev->stats().ctrl_err, 10u);
+    EXPECT_TRUE(rig.needs_reset.empty());
+    // MAC_ADDR_SET works and shows in config space.
+    const Mac m{0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
+    std::vector<std::byte> mb(6);
+    std::memcpy(mb.data(), m.data(), 6);
+    EXPECT_EQ(ctrl(nc::kClassMac, nc::kMacAddrSet, mb), nc::kOk);
+    std::array<std::byte, 6> cfg{};
+    rig.dev->read_config(0, cfg);
+    EXPECT_EQ(std::memcmp(cfg.data(), m.data(), 6), 0);
+}
+
+TEST_F(NetTest, CtrlMqPairsWithinMax) {
+    // 2 pairs: rx0 tx0 rx1 tx1 ctrl(4).
+    start(F(nf::kCtrlVq) | F(nf::kMq), 5, 2);
+    auto set = [&](std::uint16_t n) {
+        std::vector<std::byte> d{std::byte(n & 0xff), std::byte(n >> 8)};
+        std::vector<std::byte> m{std::byte(nc::kClassMq), std::byte(nc::kMqVqPairsSet)};
+        m.insert(m.end(), d.begin(), d.end());
+        auto sub = rig.drv[4]->chain().readable(m).writable(1).submit();
+        EXPECT_TRUE(sub);
+        rig.kick(4);
+        auto u = rig.wait_used(4);
+        return u ? std::to_integer<int>(sub->buf(1).bytes()[0]) : -1;
+    };
+    EXPECT_EQ(rig.dev->active_pairs(), 1);
+    EXPECT_EQ(set(0), nc::kErr);
+    EXPECT_EQ(set(3), nc::kErr);
+    EXPECT_EQ(rig.dev->active_pairs(), 1);
+    EXPECT_EQ(set(2), nc::kOk);
+    EXPECT_EQ(rig.dev->active_pairs(), 2);
+    // Frames sent on the second pair's tx queue reach the tap too.
+    auto f = nettest::frame(kPeerMac, kGuestMac, 80, 1);
+    ASSERT_TRUE(rig.drv[3]->chain().readable(cat(nettest::hdr_bytes({}), f)).submit());
+    rig.kick(3);
+    ASSERT_TRUE(rig.wait_used(3));
+    auto got = wire.recv(2000ms);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(*got, f);
+    EXPECT_EQ(set(1), nc::kOk);
+    EXPECT_EQ(rig.dev->active_pairs(), 1);
+}
+
+TEST_F(NetTest, AnnounceSetsStatusUntilAcked) {
+    start(F(nf::kCtrlVq) | F(nf::kGuestAnnounce) | F(nf::kStatus));
+    auto status = [&] {
+        std::array<std::byte, 2> s{};
+        rig.dev->read_config(6, s);
+        return std::to_integer<int>(s[0]) | std::to_integer<int>(s[1]) << 8;
+    };
+    EXPECT_EQ(status(), devices::net_status::kLinkUp);
+    int before = rig.config_changes;
+    EXPECT_TRUE(rig.dev->announce());
+    EXPECT_EQ(rig.config_changes, before + 1);
+    EXPECT_EQ(status(), devices::net_status::kLinkUp | devices::net_status::kAnnounce);
+    EXPECT_EQ(ctrl(nc::kClassAnnounce, nc::kAnnounceAck, {}), nc::kOk);
+    EXPECT_EQ(status(), devices::net_status::kLinkUp);
+    rig.dev->set_link_up(false);
+    EXPECT_EQ(status(), 0);
+    EXPECT_EQ(rig.config_changes, before + 2);
+}
+
+// ------------------------------------------------- config and lifecycle ---
+
+TEST_F(NetTest, ConfigSpaceAndFeatures) {
+    start(0);
+    std::array<std::byte, 12> c{};
+    rig.dev->read_config(0, c);
+    EXPECT_EQ(std::memcmp(c.data(), kGuestMac.data(), 6), 0);
+    EXPECT_EQ(std::to_integer<int>(c[8]), 1);  // max_virtqueue_pairs
+    auto f = rig.dev->device_features();
+    for (unsigned b : {nf::kMac, nf::kStatus, nf::kMrgRxbuf, nf::kCtrlVq, nf::kCsum, nf::kHostTso4, nf::kHostTso6})
+        EXPECT_TRUE(f & F(b)) << "feature " << b;
+    EXPECT_FALSE(f & F(nf::kMq));  // one pair only
+    EXPECT_FALSE(f & F(nf::kHostEcn));
+    EXPECT_EQ(rig.dev->num_queues(), 3);
+}
+
+TEST_F(NetTest, ResetReturnsHeldBuffersAndUnmapsEverything) {
+    start(F(nf::kMrgRxbuf));
+    post_rx(8, 256);
+    std::this_thread::sleep_for(100ms);  // the device now holds the chains
+    bool done = false;
+    rig.dev->reset([&] { done = true; });
+    EXPECT_TRUE(done);
+    // Frames arriving now are not delivered to a reset device.
+    ASSERT_TRUE(wire.send(nettest::frame(kGuestMac, kPeerMac, 60)));
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(rig.dev->stats().rx_frames, 0u);
+    rig.stop();
+    EXPECT_EQ(rig.h->guest->mapped_refs(), 0u);
+}
+
+TEST(NetCreate, BadConfigIsRefused) {
+    if (!g_ns.ok) GTEST_SKIP() << g_ns.why;
+    boost::asio::io_context io;
+    NetConfig c;
+    c.queues = 0;
+    EXPECT_FALSE(devices::make_net(c, {1, "net0"}, io.get_executor()));
+    c.queues = 1;
+    c.mac = Mac{0x01, 0, 0, 0, 0, 1};  // multicast
+    EXPECT_FALSE(devices::make_net(c, {1, "net0"}, io.get_executor()));
+    c.mac.reset();
+    c.tap = std::string(40, 'x');
+    auto r = devices::make_net(c, {1, "net0"}, io.get_executor());
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("dom1 net0"), std::string::npos) << r.error().message;
+    c.tap = "xvbr-tap";
+    c.bridge = "xvbr-missing";
+    EXPECT_FALSE(devices::make_net(c, {1, "net0"}, io.get_executor()));
+}
+
+}  // namespace
+}  // namespace xv
