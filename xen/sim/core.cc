@@ -212,6 +212,22 @@ Result<void> Core::destroy_domain(DomId domid) {
     return ok();
 }
 
+Result<void> Core::set_target(DomId dm, DomId guest) {
+    std::string what = "set target of " + dom_name(dm) + " to " + dom_name(guest);
+    {
+        std::lock_guard lk(mu);
+        auto br = live_locked(dm, what.c_str());
+        if (!br) return std::move(br).error();
+        auto gr = live_locked(guest, what.c_str());
+        if (!gr) return std::move(gr).error();
+        // lab-notes.md: a domain has one target; a second call gives EINVAL.
+        if (dm == guest || (*br)->target) return errno_error(EINVAL, what + ": target already set");
+        (*br)->target = guest;
+    }
+    store_set_target(*store, dm, guest);
+    return ok();
+}
+
 Result<GrantRef> Core::grant_range(DomId domid, std::uint64_t gfn, std::uint32_t n, DomId to, bool readonly) {
     std::lock_guard lk(mu);
     auto dr = live_locked(domid, "grant");

@@ -223,6 +223,8 @@ public:
     // --- domains ------------------------------------------------------------
     Result<DomId> create_domain(const DomainConfig& cfg, std::optional<DomId> want = std::nullopt);
     Result<void> destroy_domain(DomId domid);
+    /// xc_domain_set_target(dm, guest) by dom0, plus the xenstore key.
+    Result<void> set_target(DomId dm, DomId guest);
 
     // --- grants ---------------------------------------------------------------
     /// Grants `n` frames from `gfn` under consecutive refs.

@@ -33,21 +33,14 @@ public:
     }
 
     Result<void> set_target(DomId backend, DomId guest) override {
-        std::string what = "set target of " + dom_name(backend) + " to " + dom_name(guest);
         {
             std::lock_guard lk(core_->mu);
-            if (core_->opts.self_domid != 0) return errno_error(EPERM, what + ": only dom0 may set a target");
-            XV_TRY(core_->check_restrict_locked(guest, std::nullopt, what.c_str()));
-            auto br = core_->live_locked(backend, what.c_str());
-            if (!br) return std::move(br).error();
-            auto gr = core_->live_locked(guest, what.c_str());
-            if (!gr) return std::move(gr).error();
-            // lab-notes.md: a domain has one target; a second call gives EINVAL.
-            if (backend == guest || (*br)->target) return errno_error(EINVAL, what + ": target already set");
-            (*br)->target = guest;
+            if (core_->opts.self_domid != 0)
+                return errno_error(EPERM, "set target of " + dom_name(backend) + " to " + dom_name(guest) +
+                                              ": only dom0 may set a target");
+            XV_TRY(core_->check_restrict_locked(guest, std::nullopt, "set target"));
         }
-        store_set_target(*core_->store, backend, guest);
-        return ok();
+        return core_->set_target(backend, guest);
     }
 
     XsmMode xsm_mode() override { return core_->opts.xsm; }
@@ -128,6 +121,10 @@ public:
         for (auto& [id, d] : core_->domains)
             if (d->dying) out.push_back(id);
         return out;
+    }
+
+    Result<void> set_target(DomId device_model, DomId guest) override {
+        return core_->set_target(device_model, guest);
     }
 
     XenStore& toolstack_store() override { return *toolstack_; }

@@ -374,6 +374,8 @@ public:
         std::string abs;
         if (path == "@introduceDomain" || path == "@releaseDomain") {
             abs = path;
+        } else if (!path.empty() && path[0] == '@') {
+            return errno_error(EINVAL, "xenstore watch " + path + ": unknown special path");
         } else {
             auto r = normalize(path, "watch");
             if (!r) return std::move(r).error();
