@@ -472,13 +472,13 @@ TEST_F(NetTest, AnnounceSetsStatusUntilAcked) {
     EXPECT_EQ(status(), devices::net_status::kLinkUp);
     int before = rig.config_changes;
     EXPECT_TRUE(rig.dev->announce());
-    EXPECT_EQ(rig.config_changes, before + 1);
+    EXPECT_EQ(rig.config_changes.load(), before + 1);
     EXPECT_EQ(status(), devices::net_status::kLinkUp | devices::net_status::kAnnounce);
     EXPECT_EQ(ctrl(nc::kClassAnnounce, nc::kAnnounceAck, {}), nc::kOk);
     EXPECT_EQ(status(), devices::net_status::kLinkUp);
     rig.dev->set_link_up(false);
     EXPECT_EQ(status(), 0);
-    EXPECT_EQ(rig.config_changes, before + 2);
+    EXPECT_EQ(rig.config_changes.load(), before + 2);
 }
 
 // ------------------------------------------------- config and lifecycle ---
