@@ -203,7 +203,9 @@ private:
         {
             std::lock_guard lk(mu_);
             // Several fast-path mappings of the same frames share an address:
-            // release the latest one with this size.
+            // release the latest one with this size. (Known limit: if two
+            // different refs grant the same frames and both are fast-path
+            // mapped, the map counts may be released on the other ref.)
             auto [lo, hi] = records_.equal_range(addr);
             auto found = records_.end();
             for (auto it = lo; it != hi; ++it)

@@ -19,6 +19,23 @@
 // with SimOptions::protect_pages, a write through a read-only mapping
 // faults (SIGSEGV) as it does on Xen. Destroying a domain while the backend
 // still maps its grants leaves it a zombie until the last unmap.
+//
+// Domain lifecycle:
+//
+//   create_domain()           destroy_domain()             last unmap of its grants
+//   ---------------> Running -----------------> Zombie (dying) -----------------------> gone
+//                       |     (servers stop, xenstore home removed,                     ^
+//                       |      @releaseDomain fires)                                    |
+//                       +---------------- destroy_domain() with nothing mapped ---------+
+//
+// One trapped access of a vCPU (one in flight per vCPU):
+//
+//   post slot READY, signal server fd --> wait --+-- IORESP_READY --> value, slot NONE
+//                                                +-- ioreq_timeout --> ETIMEDOUT, slot NONE
+//                                                +-- server/domain gone --> ESRCH
+//
+// Every request type reaches the IoreqHandler, IoreqType::Invalidate too
+// (SimGuest::invalidate): the handler only has to answer it.
 #pragma once
 
 #include <chrono>
