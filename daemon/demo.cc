@@ -87,12 +87,6 @@ struct DemoGuest {
     std::shared_ptr<GuestSession> session;
 };
 
-std::string hex(std::uint64_t v) {
-    std::ostringstream s;
-    s << "0x" << std::hex << v;
-    return s.str();
-}
-
 /// Waits for the next used entry of `q`, acknowledging interrupts.
 Result<guest::UsedElem> wait_used(guest::VirtqueueDriver& q, guest::GuestTransport& t, xen::sim::SimGuest& g,
                                   std::uint32_t spi, const std::atomic<bool>& stop) {
@@ -160,71 +154,84 @@ void drive_blk(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::DomId 
     auto cap = t.config_read(devices::blk::cfg::kCapacity, 8);
     if (!cap || *cap != kImageBytes / 512) return c.fail("capacity reads " + (cap ? std::to_string(*cap) : "?"));
 
+    // Guest RAM is allocated once and reused (a frontend's DMA pool).
+    constexpr unsigned kSlots = 8;
+    constexpr std::uint32_t kMaxLen = 64 * 1024;
+    struct Slot {
+        guest::GuestBuf hdr, wdata, rdata, status;
+    };
+    std::vector<Slot> slots(kSlots);
+    for (auto& sl : slots) {
+        auto h = q.alloc(16, true), w = q.alloc(kMaxLen, true), r = q.alloc(kMaxLen, false), st = q.alloc(1, false);
+        if (!h || !w || !r || !st) return c.fail("guest buffer allocation");
+        sl = {*h, *w, *r, *st};
+    }
+    auto hdr_at = [](guest::GuestBuf& b, std::uint32_t type, std::uint64_t sector) {
+        devices::blk::OutHdr h{type, 0, sector};
+        std::memcpy(b.ptr, &h, sizeof h);
+    };
+    auto sized = [](guest::GuestBuf b, std::uint32_t len) {
+        b.len = len;
+        return b;
+    };
+    // Each slot owns its own region of the disk, so requests in flight
+    // never overlap (their completion order is free, virtio 1.2 §2.7.14).
+    const std::uint64_t region_sectors = kImageBytes / 512 / kSlots;
     std::mt19937_64 rng(dg.domid * 7919u);
     bool all_ok = true;
     unsigned round = 0;
     do {
-        // Write 8 requests of 4..64 KiB at random sectors, then read each
-        // back and compare; a FLUSH every round (virtio 1.2 §5.2.6).
-        struct Pending {
-            std::uint64_t sector;
-            std::vector<std::byte> data;
-        };
-        std::vector<Pending> batch;
-        for (int i = 0; i < 8; ++i) {
+        std::vector<std::pair<std::uint64_t, std::uint32_t>> io(kSlots);  // sector, len
+        for (unsigned i = 0; i < kSlots; ++i) {
             std::uint32_t len = std::uint32_t(4096 * (1 + rng() % 16));
-            std::uint64_t sector = (rng() % ((kImageBytes - len) / 4096)) * 8;
-            std::vector<std::byte> data(len);
-            for (auto& b : data) b = std::byte(rng());
-            devices::blk::OutHdr h{devices::blk::req::kOut, 0, sector};
-            auto sub = q.chain()
-                           .readable(std::as_bytes(std::span(&h, 1)))
-                           .readable(std::span<const std::byte>(data))
-                           .writable(1)
-                           .submit();
+            std::uint64_t sector = i * region_sectors + (rng() % ((region_sectors * 512 - len) / 4096)) * 8;
+            io[i] = {sector, len};
+            auto& sl = slots[i];
+            for (std::uint32_t k = 0; k < len; ++k) sl.wdata.ptr[k] = std::byte(rng());
+            hdr_at(sl.hdr, devices::blk::req::kOut, sector);
+            sl.status.ptr[0] = std::byte{0xff};
+            auto sub = q.chain().add(sl.hdr, false).add(sized(sl.wdata, len), false).add(sl.status, true).submit();
             if (!sub) return c.fail("submit write: " + sub.error().describe());
-            batch.push_back({sector, std::move(data)});
         }
         if (auto r = t.notify(0); !r) return c.fail("notify: " + r.error().describe());
-        for (std::size_t i = 0; i < batch.size(); ++i) {
+        for (unsigned i = 0; i < kSlots; ++i) {
             auto u = wait_used(q, t, *dg.sim, a.value().spi, stop);
             if (!u) return c.fail("write: " + u.error().describe());
         }
-        devices::blk::OutHdr fh{devices::blk::req::kFlush, 0, 0};
-        auto fl = q.chain().readable(std::as_bytes(std::span(&fh, 1))).writable(1).submit();
-        if (!fl) return c.fail("submit flush");
+        for (unsigned i = 0; i < kSlots; ++i)
+            if (slots[i].status.ptr[0] != std::byte{0}) return c.fail("write status not OK");
+        // FLUSH (virtio 1.2 §5.2.6.1) through slot 0's header and status.
+        hdr_at(slots[0].hdr, devices::blk::req::kFlush, 0);
+        slots[0].status.ptr[0] = std::byte{0xff};
+        if (!q.chain().add(slots[0].hdr, false).add(slots[0].status, true).submit()) return c.fail("submit flush");
         (void)t.notify(0);
         if (auto u = wait_used(q, t, *dg.sim, a.value().spi, stop); !u) return c.fail("flush: " + u.error().describe());
-        if (fl.value().buf(1).bytes()[0] != std::byte{0}) return c.fail("flush status not OK");
-        c.requests += batch.size() + 1;
+        if (slots[0].status.ptr[0] != std::byte{0}) return c.fail("flush status not OK");
+        c.requests += kSlots + 1;
 
-        std::vector<guest::Submitted> reads;
-        for (auto& p : batch) {
-            devices::blk::OutHdr h{devices::blk::req::kIn, 0, p.sector};
-            auto sub = q.chain()
-                           .readable(std::as_bytes(std::span(&h, 1)))
-                           .writable(std::uint32_t(p.data.size()))
-                           .writable(1)
-                           .submit();
+        for (unsigned i = 0; i < kSlots; ++i) {
+            auto& sl = slots[i];
+            hdr_at(sl.hdr, devices::blk::req::kIn, io[i].first);
+            std::memset(sl.rdata.ptr, 0, io[i].second);
+            sl.status.ptr[0] = std::byte{0xff};
+            auto sub = q.chain().add(sl.hdr, false).add(sized(sl.rdata, io[i].second), true).add(sl.status, true).submit();
             if (!sub) return c.fail("submit read: " + sub.error().describe());
-            reads.push_back(std::move(sub).value());
         }
         (void)t.notify(0);
-        for (std::size_t i = 0; i < reads.size(); ++i) {
+        for (unsigned i = 0; i < kSlots; ++i) {
             auto u = wait_used(q, t, *dg.sim, a.value().spi, stop);
             if (!u) return c.fail("read: " + u.error().describe());
         }
-        for (std::size_t i = 0; i < reads.size(); ++i) {
-            const auto& r = reads[i];
-            bool ok = r.buf(2).bytes()[0] == std::byte{0} &&
-                      std::equal(batch[i].data.begin(), batch[i].data.end(), r.buf(1).bytes().begin());
+        for (unsigned i = 0; i < kSlots; ++i) {
+            const auto& sl = slots[i];
+            bool ok = sl.status.ptr[0] == std::byte{0} && std::memcmp(sl.wdata.ptr, sl.rdata.ptr, io[i].second) == 0;
             if (!ok) {
                 all_ok = false;
-                c.fail("sector " + std::to_string(batch[i].sector) + ": data read back differs");
+                c.fail("sector " + std::to_string(io[i].first) + ": data read back differs");
             }
-            c.bytes += 2 * batch[i].data.size();
+            c.bytes += 2 * io[i].second;
         }
-        c.requests += reads.size();
+        c.requests += kSlots;
         ++round;
     } while (Clock::now() < until && !stop);
     (void)t.reset();
@@ -313,15 +320,21 @@ void drive_net(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::DomId 
     auto& t = *a.value().t;
     const auto mac = *plan.net.mac;
     const std::array<std::uint8_t, 6> host_mac{0x02, 0, 0, 0, 0, 1};
+    constexpr std::uint32_t kBuf = 12 + 1514;  // virtio_net_hdr_v1 + a full frame (no MRG_RXBUF)
+    auto txb = tx.alloc(kBuf, true);
+    auto rxbuf = rx.alloc(kBuf, false);
+    if (!txb || !rxbuf) return c.fail("guest buffer allocation");
     bool all_ok = true;
     std::uint32_t seq = 0;
     do {
-        // Guest -> tap: a frame behind the 12-byte virtio_net_hdr_v1 (§5.1.6).
+        // Guest -> tap: the 12-byte virtio_net_hdr_v1 (§5.1.6) then the frame.
         std::size_t payload = 46 + (seq * 97) % 1400;
         auto frame = make_frame(host_mac, mac, seq, payload);
-        std::array<std::byte, 12> hdr{};
-        auto sub = tx.chain().readable(std::span<const std::byte>(hdr)).readable(std::span<const std::byte>(frame)).submit();
-        if (!sub) return c.fail("tx submit");
+        std::memset(txb->ptr, 0, 12);
+        std::memcpy(txb->ptr + 12, frame.data(), frame.size());
+        guest::GuestBuf out = *txb;
+        out.len = std::uint32_t(12 + frame.size());
+        if (!tx.chain().add(out, false).submit()) return c.fail("tx submit");
         (void)t.notify(1);
         if (auto u = wait_used(tx, t, *dg.sim, a.value().spi, stop); !u) return c.fail("tx: " + u.error().describe());
         auto got = peer.recv(2000);
@@ -331,8 +344,7 @@ void drive_net(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::DomId 
         }
         // Tap -> guest.
         auto in = make_frame(mac, host_mac, seq ^ 0x5a5a, payload);
-        auto rxb = rx.chain().writable(12 + 1514).submit();
-        if (!rxb) return c.fail("rx submit");
+        if (!rx.chain().add(*rxbuf, true).submit()) return c.fail("rx submit");
         (void)t.notify(0);
         if (auto r = peer.send(in); !r) return c.fail(r.error().describe());
         // Skip frames the kernel itself sends on a fresh link (IPv6 ND ...).
@@ -340,14 +352,11 @@ void drive_net(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::DomId 
         for (int tries = 0; tries < 8 && !matched; ++tries) {
             auto u = wait_used(rx, t, *dg.sim, a.value().spi, stop);
             if (!u) return c.fail("rx: " + u.error().describe());
-            auto bytes = rxb.value().buf(0).bytes();
-            if (u.value().len >= 12 + in.size() &&
-                std::equal(in.begin(), in.end(), bytes.begin() + 12)) {
+            if (u.value().len >= 12 + in.size() && std::memcmp(rxbuf->ptr + 12, in.data(), in.size()) == 0) {
                 matched = true;
                 break;
             }
-            rxb = rx.chain().writable(12 + 1514).submit();
-            if (!rxb) return c.fail("rx resubmit");
+            if (!rx.chain().add(*rxbuf, true).submit()) return c.fail("rx resubmit");
             (void)t.notify(0);
         }
         if (!matched) {
@@ -381,12 +390,17 @@ void drive_console(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::Do
     auto& rx = *a.value().q[0];
     auto& tx = *a.value().q[1];
     auto& t = *a.value().t;
+    auto txb = tx.alloc(256, true);
+    auto rxbuf = rx.alloc(256, false);
+    if (!txb || !rxbuf) return c.fail("guest buffer allocation");
     bool all_ok = true;
     unsigned line = 0;
     do {
         std::string out = dg.name + " says line " + std::to_string(line) + "\r\n";
-        auto sub = tx.chain().readable(out).submit();
-        if (!sub) return c.fail("tx submit");
+        std::memcpy(txb->ptr, out.data(), out.size());
+        guest::GuestBuf ob = *txb;
+        ob.len = std::uint32_t(out.size());
+        if (!tx.chain().add(ob, false).submit()) return c.fail("tx submit");
         (void)t.notify(1);
         if (auto u = wait_used(tx, t, *dg.sim, a.value().spi, stop); !u) return c.fail("tx: " + u.error().describe());
         std::string got;
@@ -403,18 +417,16 @@ void drive_console(DemoGuest& dg, const DevicePlan& plan, unsigned slot, xen::Do
             c.fail("line " + std::to_string(line) + " arrived as '" + got + "'");
         }
         std::string in = "host input " + std::to_string(line) + "\n";
-        auto rxb = rx.chain().writable(256).submit();
-        if (!rxb) return c.fail("rx submit");
+        if (!rx.chain().add(*rxbuf, true).submit()) return c.fail("rx submit");
         (void)t.notify(0);
         if (::write(fd, in.data(), in.size()) != ssize_t(in.size())) return c.fail("write to pty");
         std::string recv;
         while (recv.size() < in.size()) {
             auto u = wait_used(rx, t, *dg.sim, a.value().spi, stop);
             if (!u) return c.fail("rx: " + u.error().describe());
-            recv.append(rxb.value().buf(0).str().substr(0, u.value().len));
+            recv.append(reinterpret_cast<const char*>(rxbuf->ptr), std::min<std::size_t>(u.value().len, 256));
             if (recv.size() < in.size()) {
-                rxb = rx.chain().writable(256).submit();
-                if (!rxb) return c.fail("rx resubmit");
+                if (!rx.chain().add(*rxbuf, true).submit()) return c.fail("rx resubmit");
                 (void)t.notify(0);
             }
         }

@@ -14,5 +14,6 @@ check() {  # layer, forbidden include prefix
 }
 check xen transport; check xen devices; check transport devices
 check common xen; check common transport
+check transport guest; check devices guest; check xen guest
 [ $fail -eq 0 ] && echo "layering: 1 passed, 0 failed"
 exit $fail
