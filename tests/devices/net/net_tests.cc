@@ -211,7 +211,7 @@ TEST_F(NetTest, TxChecksumOffloadHeaderReachesTheKernel) {
     ASSERT_TRUE(got);
     ASSERT_GE(got->size(), 10u + f.size());
     VirtioNetHdr k{};
-    std::memcpy(&k, got->data(), 10);  // packet sockets prepend the 10-byte header
+    std::memcpy(static_cast<void*>(&k), got->data(), 10);  // packet sockets prepend the 10-byte header
     EXPECT_EQ(k.flags & nh::kNeedsCsum, nh::kNeedsCsum);
     EXPECT_EQ(k.csum_start, 34);
     EXPECT_EQ(k.csum_offset, 6);
