@@ -101,6 +101,7 @@ inline std::vector<std::byte> pattern(std::size_t n, std::uint32_t seed) {
 
 /// The status byte of a submitted request (last byte of its last buffer).
 inline std::uint8_t status_of(const Submitted& s) {
+    if (s.bufs.empty() || !s.bufs.back().ptr || s.bufs.back().len == 0) return 0xee;
     const auto& b = s.bufs.back();
     return std::uint8_t(b.ptr[b.len - 1]);
 }
@@ -232,7 +233,9 @@ protected:
     }
 
     void TearDown() override {
-        if (dev_) EXPECT_TRUE(reset_and_wait());
+        if (dev_) {
+            EXPECT_TRUE(reset_and_wait());
+        }
         if (h_) {
             // Handlers still queued hold the workers; let them run out.
             h_->io.restart();
