@@ -214,7 +214,22 @@ TEST_F(ConsoleTest, PtyInputReachesGuestInOrderThroughSmallBuffers) {
     ASSERT_GE(s, 0);
     std::string input;
     for (int i = 0; i < 3000; ++i) input += char('a' + i % 26);
-    ASSERT_EQ(::write(s, input.data(), input.size()), ssize_t(input.size()));
+    // The pty holds only part of the input while the guest posts no rx
+    // buffers (backpressure): a writer thread keeps writing as it drains.
+    ::fcntl(s, F_SETFL, ::fcntl(s, F_GETFL) | O_NONBLOCK);
+    std::thread writer([&] {
+        std::size_t done = 0;
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (done < input.size() && std::chrono::steady_clock::now() < deadline) {
+            ssize_t n = ::write(s, input.data() + done, input.size() - done);
+            if (n > 0) {
+                done += std::size_t(n);
+                continue;
+            }
+            pollfd p{s, POLLOUT, 0};
+            (void)::poll(&p, 1, 50);
+        }
+    });
     // Fewer buffers than the input needs: the rest waits, in order.
     auto bufs = post_rx(20, 64);
     std::string got = collect_rx(bufs, 20 * 64);
@@ -222,6 +237,7 @@ TEST_F(ConsoleTest, PtyInputReachesGuestInOrderThroughSmallBuffers) {
     EXPECT_FALSE(wait_used(0, 200ms)) << "input delivered without buffers";
     auto more = post_rx(40, 64);
     got += collect_rx(more, input.size() - got.size());
+    writer.join();
     EXPECT_EQ(got, input);
     EXPECT_EQ(dev->stats().in_bytes, input.size());
     ::close(s);
