@@ -559,6 +559,7 @@ TEST_F(QueueTest, GrantsUnmappedBeforeUsedIdxPublished) {
     std::atomic<bool> stop{false};
     std::atomic<int> violations{0};
     std::atomic<int> observed{0};
+    std::atomic<std::uint16_t> last_seen{0};
     std::thread guest([&] {
         std::uint16_t seen = 0;
         while (!stop.load()) {
@@ -567,12 +568,18 @@ TEST_F(QueueTest, GrantsUnmappedBeforeUsedIdxPublished) {
             std::uint64_t mapped = h_->guest->mapped_refs();
             if (mapped > ring + 2u * std::uint64_t(kChains - idx)) ++violations;
             seen = idx;
+            last_seen = idx;
             ++observed;
         }
     });
+    std::uint16_t pushed = 0;
     for (auto& c : chains) {
         q->push(std::move(c), 0);
-        std::this_thread::yield();
+        ++pushed;
+        // Let the guest look at this idx before the next push (bounded, so
+        // a loaded machine only makes the check coarser, never hangs it).
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+        while (last_seen.load() < pushed && std::chrono::steady_clock::now() < until) std::this_thread::yield();
     }
     while (d->used_idx() != kChains) std::this_thread::yield();
     stop = true;
