@@ -616,21 +616,29 @@ void Session::tx_pump(Pair& p) {
         h.num_buffers = 0;
         iov.clear();
         iov.push_back({&h, hdr_len_});
-        auto r = c.reader();
-        r.skip(hdr_len_);
-        auto segs = r.take(frame_len);
-        if (segs.size() + 1 <= kIovMax) {
-            // Zero copy: the frame goes to the tap straight from the grant pages.
-            for (auto s : segs) iov.push_back({const_cast<std::byte*>(s.data()), s.size()});
-        } else {
+        // The frame: the readable segments after the header, without
+        // allocating per frame.
+        std::size_t skip = hdr_len_;
+        for (auto s : c.readable_segments()) {
+            if (skip >= s.size()) {
+                skip -= s.size();
+                continue;
+            }
+            iov.push_back({const_cast<std::byte*>(s.data()) + skip, s.size() - skip});
+            skip = 0;
+        }
+        if (iov.size() > kIovMax) {
+            // Too many pieces for one writev: linearise (rare).
             p.tx_bounce.resize(frame_len);
             std::size_t o = 0;
-            for (auto s : segs) {
-                std::memcpy(p.tx_bounce.data() + o, s.data(), s.size());
-                o += s.size();
+            for (std::size_t i = 1; i < iov.size(); ++i) {
+                std::memcpy(p.tx_bounce.data() + o, iov[i].iov_base, iov[i].iov_len);
+                o += iov[i].iov_len;
             }
+            iov.resize(1);
             iov.push_back({p.tx_bounce.data(), frame_len});
         }
+        // Otherwise zero copy: the frame goes to the tap straight from the grant pages.
         ssize_t n = ::writev(p.txd->native_handle(), iov.data(), static_cast<int>(iov.size()));
         if (n < 0) {
             if (errno == EINTR) continue;
