@@ -443,6 +443,22 @@ void VirtioCore::run_pending(std::vector<Done>& pending) {
 
 void VirtioCore::start_reset_locked(Done done, bool stopping) {
     if (stopping) stopping_ = true;
+    if (!stopping_ && state_ == CoreState::Reset && status_ == 0) {
+        // Nothing was negotiated or activated (no queue can be live with
+        // status 0): the reset completes at once. Otherwise a driver that
+        // reads status 0 right after writing it (virtio 1.2 §4.2.3.1) would
+        // take the reset as done while it is still in progress.
+        for (auto& s : queues_) {
+            s.regs.ready = false;
+            s.regs.size = s.regs.max_size;
+            s.regs.desc = s.regs.driver = s.regs.device = 0;
+            s.regs.msix_vector = 0xffff;
+        }
+        driver_features_ = 0;
+        isr_ = 0;
+        if (done) pending_done_.push_back(std::move(done));
+        return;
+    }
     if (done) reset_waiters_.push_back(std::move(done));
     if (state_ == CoreState::Resetting) return;  // joins the reset in progress
     if (state_ == CoreState::Stopped) {
@@ -481,8 +497,16 @@ void VirtioCore::finish_reset() {
     std::vector<Done> waiters;
     {
         std::lock_guard lk(mu_);
-        for (auto& s : queues_) {
+        for (auto& s : queues_)
             if (s.vq) dead.push_back(std::move(s.vq));
+    }
+    // Unmap the rings BEFORE status reads 0: once the driver sees the reset
+    // complete it may end access to the ring grants (Linux refuses to end
+    // access to a ref the backend still maps, grant-dma-ops.c).
+    dead.clear();
+    {
+        std::lock_guard lk(mu_);
+        for (auto& s : queues_) {
             // virtio 1.2 §4.2.2.1 / §4.1.4.3.1: reset returns every queue
             // register to its initial value.
             s.regs.ready = false;
@@ -500,7 +524,6 @@ void VirtioCore::finish_reset() {
         waiters = std::move(reset_waiters_);
         reset_waiters_.clear();
     }
-    dead.clear();  // unmaps the rings: the device no longer uses them
     spdlog::debug("{}: reset complete", label_);
     for (auto& d : waiters)
         if (d) d();
