@@ -151,6 +151,10 @@ TYPED_TEST(EchoBus, BrokenQueueNeedsResetWithConfigInterrupt) {
 // virtio 1.2 §2.5.1: a config change bumps the generation and notifies.
 TYPED_TEST(EchoBus, ConfigChangeBumpsGenerationAndInterrupts) {
     auto qs = this->up();
+    // DRIVER_OK returns at once; activation runs on the control strand.
+    auto until = std::chrono::steady_clock::now() + 5s;
+    while (!this->echo().active() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(this->echo().active());
     auto g0 = this->drv().config_generation();
     ASSERT_TRUE(g0);
     auto c0 = this->drv().config_read(0, 4);
