@@ -1,28 +1,21 @@
 #!/usr/bin/env python3
-"""Prints the closing line of a test run: 'N passed, N failed' over every
-GoogleTest case (and every plain test program) that meson ran."""
-import json
+"""Prints the closing line of a test run, 'tests: N passed, N failed, N skipped',
+over every GoogleTest case (and every plain test program) meson ran: meson
+writes them all, gtest cases included, to testlog.junit.xml."""
+import os
 import sys
+import xml.etree.ElementTree as ET
 
+logdir = sys.argv[1]
 passed = failed = skipped = 0
-with open(sys.argv[1]) as f:
-    for line in f:
-        t = json.loads(line)
-        result = t.get("result")
-        subs = t.get("subtests") or []
-        if subs:
-            for s in subs:
-                r = s.get("result")
-                if r in ("OK", "EXPECTEDFAIL"):
-                    passed += 1
-                elif r == "SKIP":
-                    skipped += 1
-                else:
-                    failed += 1
-        elif result in ("OK", "EXPECTEDFAIL"):
-            passed += 1
-        elif result == "SKIP":
+tree = ET.parse(os.path.join(logdir, "testlog.junit.xml"))
+for suite in tree.getroot().iter("testsuite"):
+    cases = list(suite.iter("testcase"))
+    for case in cases:
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        elif case.find("skipped") is not None:
             skipped += 1
         else:
-            failed += 1
+            passed += 1
 print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
