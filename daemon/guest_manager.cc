@@ -142,8 +142,10 @@ PlanResult plan_guest(const Config& config, xen::DomId domid, const std::string&
         if (e->transport != Transport::Pci || used.count(e)) continue;
         DevicePlan p;
         p.type = e->type;
-        unsigned index = next_index[e->type]++;
-        p.name = std::string(to_string(e->type)) + std::to_string(index);
+        // The entry's own index names it, so the policy's verdicts (keyed
+        // "config/<name>") and the plan agree.
+        unsigned index = e->index;
+        p.name = e->name();
         p.transport = Transport::Pci;
         p.nonblocking = e->nonblocking;
         if (!e->grants) continue;  // refused by the policy (R1), reported there
@@ -197,27 +199,8 @@ Result<Verdicts> GuestManager::start() {
     Verdicts all;
     {
         std::vector<GuestFacts> facts;
-        for (auto& [dom, devs] : want) {
-            auto g = guests_from_announced(devs, config_, xs_.get());
-            if (g.empty()) {
-                GuestFacts f;
-                f.domid = dom;
-                f.name = guest_name(dom);
-                g.push_back(std::move(f));
-            }
-            for (const DeviceEntry* e : config_.devices_of(dom, g.front().name)) {
-                if (e->transport != Transport::Pci) continue;
-                DeviceFacts d;
-                d.type = e->type;
-                d.index = e->index;
-                d.transport = Transport::Pci;
-                d.grant_usage = e->grants;
-                d.nonblocking = e->nonblocking;
-                d.key = "config/" + e->name();
-                g.front().devices.push_back(std::move(d));
-            }
-            for (auto& x : g) facts.push_back(std::move(x));
-        }
+        for (auto& [dom, devs] : want)
+            for (auto& x : guest_facts(dom, devs)) facts.push_back(std::move(x));
         all = evaluate(config_, facts, host_);
     }
     log_verdicts(all);
@@ -265,6 +248,29 @@ std::map<xen::DomId, std::vector<AnnouncedDevice>> GuestManager::wanted(ScanResu
     return want;
 }
 
+std::vector<GuestFacts> GuestManager::guest_facts(xen::DomId domid, const std::vector<AnnouncedDevice>& devs) {
+    auto facts = guests_from_announced(devs, config_, xs_.get());
+    if (facts.empty()) {
+        GuestFacts f;
+        f.domid = domid;
+        f.name = guest_name(domid);
+        facts.push_back(std::move(f));
+    }
+    // Configured virtio-pci devices (not in xenstore) count for the policy too.
+    for (const DeviceEntry* e : config_.devices_of(domid, facts.front().name)) {
+        if (e->transport != Transport::Pci) continue;
+        DeviceFacts d;
+        d.type = e->type;
+        d.index = e->index;
+        d.transport = Transport::Pci;
+        d.grant_usage = e->grants;
+        d.nonblocking = e->nonblocking;
+        d.key = "config/" + e->name();
+        facts.front().devices.push_back(std::move(d));
+    }
+    return facts;
+}
+
 bool GuestManager::guest_alive(xen::DomId domid) {
     if (dc_) {
         auto info = dc_->info(domid);
@@ -293,24 +299,8 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     const std::string name = guest_name(domid);
 
     // Evaluate the policy for this guest (again: guests found later).
-    auto facts = guests_from_announced(devs, config_, xs_.get());
-    if (facts.empty()) {
-        GuestFacts f;
-        f.domid = domid;
-        f.name = name;
-        facts.push_back(std::move(f));
-    }
+    auto facts = guest_facts(domid, devs);
     PlanResult pr = plan_guest(config_, domid, name, devs, self_);
-    for (const auto& d : pr.plan.devices) {
-        if (d.transport != Transport::Pci) continue;
-        DeviceFacts f;
-        f.type = d.type;
-        f.transport = Transport::Pci;
-        f.grant_usage = true;
-        f.nonblocking = d.nonblocking;
-        f.key = "config/" + d.name;
-        facts.front().devices.push_back(std::move(f));
-    }
     Verdicts v = evaluate(config_, facts, host_);
     if (!at_start) log_verdicts(v);
 

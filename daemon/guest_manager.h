@@ -109,6 +109,8 @@ private:
     std::map<xen::DomId, std::vector<AnnouncedDevice>> wanted(ScanResult& scan);
     void start_guest(xen::DomId domid, const std::vector<AnnouncedDevice>& devs, bool at_start, Verdicts* out);
     void stop_guest(xen::DomId domid, const char* why);
+    /// Policy facts of one guest: announced devices plus configured pci ones.
+    std::vector<GuestFacts> guest_facts(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
     bool guest_alive(xen::DomId domid);
     std::string guest_name(xen::DomId domid);
     void spawn_worker(xen::DomId domid);
