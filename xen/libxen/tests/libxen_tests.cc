@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "../../../xen/libxen/libxen_detail.h"
+#include "../libxen_detail.h"
 #include "xv/xen/hypervisor.h"
 
 namespace fs = std::filesystem;
