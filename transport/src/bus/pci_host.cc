@@ -185,17 +185,23 @@ private:
         auto host = host_.lock();
         if (!host) return nullptr;
         const std::uint64_t addr = base_ + offset;
-        for (unsigned s = 0; s < kSlots; ++s) {
+        // The slot that answered last first: a driver talks to one device
+        // at a time.
+        const unsigned first = last_.load(std::memory_order_relaxed);
+        for (unsigned i = 0; i < kSlots; ++i) {
+            const unsigned s = (first + i) % kSlots;
             auto fn = host->function(s);
             if (!fn) continue;
             auto bar = fn->bar0_address();
             if (bar && addr >= *bar && addr + size <= *bar + PciTransport::bar0_size()) {
                 off = addr - *bar;
+                last_.store(s, std::memory_order_relaxed);
                 return fn;
             }
         }
         return nullptr;
     }
+    std::atomic<unsigned> last_{0};
     std::weak_ptr<PciHost> host_;
     std::uint64_t base_, size_;
     log::RateLimit rl_;

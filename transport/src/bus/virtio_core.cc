@@ -298,7 +298,6 @@ void VirtioCore::set_queue_ready_locked(std::uint16_t q, bool ready, Done done) 
         }
         if (slot.vq) {
             auto vq = std::move(slot.vq);
-            auto self = shared_from_this();
             // Destroyed on the control strand, like it was created.
             post_to(control_, [vq = std::shared_ptr<Virtqueue>(std::move(vq))]() mutable { vq.reset(); });
         }
