@@ -171,13 +171,23 @@ roles = ["domu"]
 class = "unsafe"
 )";
 
+/// kUnsafeGuestConfig plus one blk device of g1 on `image`.
+std::string unsafe_guest_with_blk(const TempImage& image) {
+    return std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
+           image.path.string() + "\"\n";
+}
+
+/// Creates the simulated guest `name`.
+Result<xen::DomId> create_guest(Host& h, const char* name) {
+    xen::sim::DomainConfig dc;
+    dc.name = name;
+    return h.sim->create_domain(dc);
+}
+
 TEST(DaemonE2E, ServesAnnouncedGuestVerifiesDataAndReleasesEverythingOnDestroy) {
     TempImage img(8 << 20);
-    Host h(std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
-           img.path.string() + "\"\n");
-    xen::sim::DomainConfig dc;
-    dc.name = "g1";
-    auto dom = h.sim->create_domain(dc);
+    Host h(unsafe_guest_with_blk(img));
+    auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 1, "virtio,device3")).has_value());
@@ -225,11 +235,8 @@ TEST(DaemonE2E, ServesAnnouncedGuestVerifiesDataAndReleasesEverythingOnDestroy) 
 
 TEST(DaemonE2E, DeviceWithoutGrantsGetsAnErrorNodeAndTheOtherDevicesStillWork) {
     TempImage img(4 << 20);
-    Host h(std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
-           img.path.string() + "\"\n");
-    xen::sim::DomainConfig dc;
-    dc.name = "g1";
-    auto dom = h.sim->create_domain(dc);
+    Host h(unsafe_guest_with_blk(img));
+    auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 1, "virtio,device3", /*grants=*/false)).has_value());
@@ -266,9 +273,7 @@ type = "blk"
 transport = "mmio"
 nonblocking = false
 path = ")" + img.path.string() + "\"\n");
-    xen::sim::DomainConfig dc;
-    dc.name = "safe1";
-    auto dom = h.sim->create_domain(dc);
+    auto dom = create_guest(h, "safe1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     auto v = h.start();
@@ -284,11 +289,8 @@ path = ")" + img.path.string() + "\"\n");
 
 TEST(DaemonE2E, MalformedXenstoreEntryIsRefusedAloneWithAnErrorNode) {
     TempImage img(4 << 20);
-    Host h(std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
-           img.path.string() + "\"\n");
-    xen::sim::DomainConfig dc;
-    dc.name = "g1";
-    auto dom = h.sim->create_domain(dc);
+    Host h(unsafe_guest_with_blk(img));
+    auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 1, "virtio,device3")).has_value());
@@ -305,11 +307,8 @@ TEST(DaemonE2E, MalformedXenstoreEntryIsRefusedAloneWithAnErrorNode) {
 
 TEST(DaemonE2E, BackendStateClosingFromXlDestroyStopsTheGuestAndAnswersClosed) {
     TempImage img(4 << 20);
-    Host h(std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
-           img.path.string() + "\"\n");
-    xen::sim::DomainConfig dc;
-    dc.name = "g1";
-    auto dom = h.sim->create_domain(dc);
+    Host h(unsafe_guest_with_blk(img));
+    auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.start().has_value());
@@ -327,13 +326,10 @@ TEST(DaemonE2E, BackendStateClosingFromXlDestroyStopsTheGuestAndAnswersClosed) {
 
 TEST(DaemonE2E, GuestCreatedLaterIsPickedUpThroughTheWatch) {
     TempImage img(4 << 20);
-    Host h(std::string(kUnsafeGuestConfig) + "[[device]]\nguest = \"g1\"\ntype = \"blk\"\npath = \"" +
-           img.path.string() + "\"\n");
+    Host h(unsafe_guest_with_blk(img));
     ASSERT_TRUE(h.start().has_value());
     EXPECT_TRUE(h.manager->sessions().empty());
-    xen::sim::DomainConfig dc;
-    dc.name = "g1";
-    auto dom = h.sim->create_domain(dc);
+    auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.eventually([&] {
