@@ -17,6 +17,9 @@ import time
 
 RESULT = re.compile(r'LAB-RESULT (\S+) (PASS|FAIL|SKIP) ?(.*)$')
 MARK = re.compile(r'LAB-MARK (.*)$')
+FIGURE = re.compile(r'LAB-FIGURE (\S+) (\S+)')
+SCRIPT_OUT = re.compile(r'^domu\((\w+)\): LAB-SCRIPT-OUT ?(.*)$')
+SCRIPT_EXIT = re.compile(r'^domu\((\w+)\): LAB-SCRIPT-EXIT (\d+)')
 XEN_BANNER = re.compile(r'\(XEN\) Xen version')
 PANIC = re.compile(r'Kernel panic|\(XEN\) Panic on CPU|\(XEN\) \*\*\*\*\*\*\*')
 
@@ -36,6 +39,8 @@ def main():
     con = open(os.path.join(a.out, 'console.log'), 'w')
     ev_f = open(os.path.join(a.out, 'events.tsv'), 'a')
     res_f = open(os.path.join(a.out, 'results.tsv'), 'a')
+    fig_f = open(os.path.join(a.out, 'figures.tsv'), 'a')
+    script_f = None
 
     def event(name, t):
         if name not in events:
@@ -94,10 +99,27 @@ def main():
             m = RESULT.search(line)
             if m:
                 result(m.group(1), m.group(2), m.group(3).strip())
+            m = FIGURE.search(line)
+            if m:
+                fig_f.write(f'{m.group(1)}\t{m.group(2)}\n')
+                fig_f.flush()
+                print(f'figure: {m.group(1)} = {m.group(2)}', flush=True)
+            # --guest-script: its output and exit status, per guest.
+            m = SCRIPT_OUT.match(line)
+            if m:
+                if script_f is None:
+                    script_f = open(os.path.join(a.out, 'guest-script.out'), 'w')
+                script_f.write(f'{m.group(1)}: {m.group(2)}\n')
+                script_f.flush()
+                print(f'guest-script({m.group(1)}): {m.group(2)}', flush=True)
+            m = SCRIPT_EXIT.match(line)
+            if m:
+                rc = int(m.group(2))
+                result(f'guest-script:{m.group(1)}', 'PASS' if rc == 0 else 'FAIL', f'exit status {rc}')
             if 'LAB-DOMU-INIT' in line:
                 tag = re.match(r'domu\((\w+)\)', line)
                 event('domu-init:' + (tag.group(1) if tag else '?'), t)
-            if PANIC.search(line) and panic_at is None:
+            if PANIC.search(line) and not line.startswith('domu(') and panic_at is None:
                 panic_at = t
                 print(f'lab: panic seen: {line}', flush=True)
         con.flush()

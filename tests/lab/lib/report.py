@@ -21,6 +21,7 @@ def main():
     stages = read_tsv(os.path.join(out, 'timings.tsv'), ['stage', 'seconds', 'state'])
     events = read_tsv(os.path.join(out, 'events.tsv'), ['event', 'seconds'])
     results = read_tsv(os.path.join(out, 'results.tsv'), ['name', 'status', 'detail'])
+    figures = read_tsv(os.path.join(out, 'figures.tsv'), ['name', 'value'])
 
     print('\nTimings (host stages)')
     print(f'  {"stage":<22} {"seconds":>8}  state')
@@ -30,6 +31,10 @@ def main():
         print('Timings (inside QEMU, seconds since QEMU start)')
         for e in events:
             print(f'  {e["event"]:<30} {float(e["seconds"]):>8.1f}')
+    if figures:
+        print('Figures')
+        for f in figures:
+            print(f'  {f["name"]:<30} {f["value"]:>10}')
     counts = {k: sum(1 for r in results if r['status'] == k) for k in ('PASS', 'FAIL', 'SKIP')}
     doc = {
         'xen': xen,
@@ -37,6 +42,7 @@ def main():
         'results': results,
         'stages': {s['stage']: {'seconds': float(s['seconds']), 'state': s['state']} for s in stages},
         'events': {e['event']: float(e['seconds']) for e in events},
+        'figures': {f['name']: f['value'] for f in figures},
         'summary': {'passed': counts['PASS'], 'failed': counts['FAIL'], 'skipped': counts['SKIP']},
     }
     with open(os.path.join(out, 'results.json'), 'w') as f:
