@@ -188,6 +188,13 @@ int run_serve(const ServeOptions& opts) {
     io.run();
     for (auto& t : threads) t.join();
     (void)guest_gone;
+    // What this process did at the hypervisor boundary: grants only, never a
+    // foreign mapping of guest RAM (safety-policy.md, R1). The lab reads it.
+    const xen::BoundaryStats bs = hv->stats();
+    spdlog::info("boundary: {} grant map calls, {} grant pages mapped, {} grant unmap calls, {} grant copy calls, "
+                 "{} foreign RAM maps, {} resource maps",
+                 bs.grant_map_calls, bs.grant_pages_mapped, bs.grant_unmap_calls, bs.grant_copy_calls,
+                 bs.foreign_ram_maps, bs.resource_maps);
     spdlog::info("xen-virtiod stopped");
     return exit_status;
 }
