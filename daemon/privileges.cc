@@ -65,7 +65,9 @@ Result<void> allow(scmp_filter_ctx ctx, const std::string& name) {
     if (name == "socket" || name == "socketpair") {
         // Only unix sockets (xenstore's socket, the journal, console
         // sockets): a compromised worker cannot reach the network.
-        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+        // (datum_b, unused by EQ, is spelled out: clang warns about the
+        // macro's missing field initializer otherwise.)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, AF_UNIX, 0));
     } else if (name == "clone") {
         // Threads only (the Asio pool); no new processes.
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
@@ -79,7 +81,7 @@ Result<void> allow(scmp_filter_ctx ctx, const std::string& name) {
                                                : SCMP_A1(SCMP_CMP_MASKED_EQ, mask, 0));
     } else if (name == "kill" || name == "tgkill") {
         // Signals to this process only (abort(), raise()).
-        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, std::uint64_t(getpid())));
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, std::uint64_t(getpid()), 0));
     } else {
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
     }
