@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: GPL-2.0-only
+// Fuzz target: virtio-console (devices/console), guest side and host side.
+//
+// The device serves a real unix socket with one client connected (this
+// process). Steps: transmitq chains (output; sometimes with device-writable
+// buffers, sometimes longer than the per-chain limit), receiveq chains
+// (sometimes without writable space), client input, emergency writes
+// (config emerg_wr, virtio 1.2 §5.3.4), config reads at any offset, kicks,
+// the client leaving and coming back, and a device reset at the end.
+//
+// Oracles: bytes travel in order and without loss in both directions
+// within one activation (a rolling counter in the data; the first byte of
+// an activation and the bytes after a truncated chain resynchronise it);
+// tx chains come back with used length 0 and rx chains with at most their
+// writable bytes; reset finishes; no grant page stays mapped.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include <cerrno>
+#include <optional>
+#include <string>
+
+#include "device_fuzz.h"
+#include "xv/devices/console.h"
+
+namespace {
+
+using namespace xv;
+using namespace xv::fuzz::dev;
+using xv::fuzz::one_in;
+using xv::fuzz::pick;
+
+constexpr std::uint8_t kEmerg = 0xff;  // emergency characters (never a counter value)
+constexpr unsigned kMod = 251;
+
+std::unique_ptr<devices::ConsoleDevice> g_dev;
+std::string g_path;
+int g_client = -1;
+
+/// A byte stream that must arrive in order: a rolling counter mod 251.
+struct Stream {
+    std::uint8_t next_send = 0;
+    std::optional<std::uint8_t> expect;  ///< next value the receiver must see (nullopt: resync)
+
+    std::vector<std::byte> make(std::size_t n) {
+        std::vector<std::byte> v(n);
+        for (auto& b : v) {
+            b = std::byte(next_send);
+            next_send = std::uint8_t((next_send + 1) % kMod);
+        }
+        return v;
+    }
+    void receive(const std::byte* p, std::size_t n, const char* what) {
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::uint8_t v = std::uint8_t(p[i]);
+            if (v == kEmerg) continue;
+            FUZZ_CHECK(v < kMod, "%s: byte %u is not from the stream", what, v);
+            if (expect) FUZZ_CHECK(v == *expect, "%s: got %u, expected %u (lost, duplicated or reordered data)", what, v, *expect);
+            expect = std::uint8_t((v + 1) % kMod);
+        }
+    }
+};
+
+Stream g_out, g_in;  // guest -> client, client -> guest
+
+void connect_client() {
+    if (g_client >= 0) ::close(g_client);
+    g_client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::snprintf(a.sun_path, sizeof a.sun_path, "%s", g_path.c_str());
+    FUZZ_CHECK(::connect(g_client, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0, "connect %s: %s", g_path.c_str(),
+               std::strerror(errno));
+}
+
+void drain_client() {
+    std::byte buf[4096];
+    for (;;) {
+        ssize_t n = ::recv(g_client, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        g_out.receive(buf, std::size_t(n), "console output");
+    }
+}
+
+void run(FuzzedDataProvider& in) {
+    World& w = World::get();
+    const std::uint64_t features = negotiate(in, *g_dev);
+    Harness h(w, *g_dev);
+    if (!h.activate(features, g_dev->num_queues(), [&](std::uint16_t q) { return !one_in(in, 16) || q > 1; })) return;
+    g_out.expect.reset();  // a new activation: in-flight bytes of the last one may be gone
+    g_in.expect.reset();
+    const bool indirect = features & transport::feature::bit(transport::feature::kIndirectDesc);
+
+    unsigned steps = in.ConsumeIntegralInRange(1, 48);
+    for (unsigned i = 0; i < steps && in.remaining_bytes() > 0; ++i) {
+        switch (in.ConsumeIntegralInRange(0, 9)) {
+            case 0: case 1: {  // transmitq: output
+                std::vector<Piece> ps;
+                unsigned n = in.ConsumeIntegralInRange(1, 4);
+                for (unsigned k = 0; k < n; ++k) {
+                    std::size_t len = one_in(in, 16) ? in.ConsumeIntegralInRange<std::size_t>(60000, 70000)
+                                                     : in.ConsumeIntegralInRange<std::size_t>(1, 300);
+                    if (len > 4096) g_out.expect.reset();  // may be truncated (TxTooLong)
+                    ps.push_back(Piece::in(g_out.make(len)));
+                }
+                if (one_in(in, 10)) ps.push_back(Piece::out(16));  // TxHasWritable: data still taken
+                if (!h.add(1, ps, indirect && one_in(in, 3))) g_out.expect.reset();
+                h.notify(1);
+                break;
+            }
+            case 2: case 3: {  // receiveq: buffers for input
+                std::vector<Piece> ps;
+                if (one_in(in, 12)) ps.push_back(Piece::in(std::vector<std::byte>(8, std::byte{1})));
+                else
+                    for (unsigned k = in.ConsumeIntegralInRange(1, 3); k > 0; --k)
+                        ps.push_back(Piece::out(in.ConsumeIntegralInRange<std::uint32_t>(1, 512)));
+                (void)h.add(0, ps, indirect && one_in(in, 3));
+                h.notify(0);
+                break;
+            }
+            case 4: {  // client input
+                auto bytes = g_in.make(in.ConsumeIntegralInRange<std::size_t>(1, 600));
+                ssize_t n = ::send(g_client, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+                // Unsent bytes break the counter sequence: rewind it.
+                const std::size_t sent = n > 0 ? std::size_t(n) : 0;
+                g_in.next_send = std::uint8_t((g_in.next_send + kMod * 8 - (bytes.size() - sent) % kMod) % kMod);
+                break;
+            }
+            case 5: {  // emergency write (and other config writes, ignored)
+                std::uint32_t off = in.ConsumeIntegralInRange<std::uint32_t>(0, 11);
+                std::uint32_t len = pick<std::uint32_t>(in, {1, 2, 4});
+                if (off + len > g_dev->config_size()) break;
+                std::vector<std::byte> v(len, std::byte{kEmerg});
+                g_dev->write_config(off, v);
+                break;
+            }
+            case 6: {  // config reads (the transport has range-checked them)
+                std::uint32_t off = in.ConsumeIntegralInRange<std::uint32_t>(0, g_dev->config_size() - 1);
+                std::uint32_t len = in.ConsumeIntegralInRange<std::uint32_t>(1, g_dev->config_size() - off);
+                std::vector<std::byte> v(len);
+                g_dev->read_config(off, v);
+                break;
+            }
+            case 7:
+                if (one_in(in, 8)) {  // the client leaves and comes back
+                    drain_client();
+                    connect_client();
+                    g_out.expect.reset();
+                    g_in.expect.reset();
+                }
+                break;
+            default:
+                h.notify(std::uint16_t(in.ConsumeIntegralInRange(0, 1)));
+                break;
+        }
+        w.poll();
+        drain_client();
+        for (auto& u : h.reap()) {
+            if (u.queue == 1) {
+                FUZZ_CHECK(u.len == 0, "transmitq chain used with len %u", u.len);
+                continue;
+            }
+            std::uint32_t left = u.len;
+            for (const auto& [off, len] : u.chain.writable) {
+                const std::uint32_t k = std::min(left, len);
+                g_in.receive(h.rw_bytes(off), k, "console input");
+                left -= k;
+            }
+        }
+    }
+    // Let output reach the client before the reset.
+    for (int i = 0; i < 20; ++i) {
+        if (w.poll() == 0) break;
+        drain_client();
+    }
+    drain_client();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    xv::fuzz::quiet_logs();
+    World& w = World::get();
+    g_path = "/tmp/xv-fuzz-console-" + std::to_string(::getpid()) + ".sock";
+    devices::ConsoleConfig cfg;
+    cfg.backend = devices::ConsoleConfig::Backend::Socket;
+    cfg.socket_path = g_path;
+    auto d = devices::make_console_device(cfg, {w.domid, "console0"}, w.io.get_executor());
+    FUZZ_CHECK(d.has_value(), "make_console_device: %s", d.error().describe().c_str());
+    g_dev = std::move(*d);
+    connect_client();
+    w.poll();
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    FuzzedDataProvider in(data, size);
+    run(in);
+    return 0;
+}
