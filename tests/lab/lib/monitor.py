@@ -21,7 +21,7 @@ FIGURE = re.compile(r'LAB-FIGURE (\S+) (\S+)')
 SCRIPT_OUT = re.compile(r'^domu\((\w+)\): LAB-SCRIPT-OUT ?(.*)$')
 SCRIPT_EXIT = re.compile(r'^domu\((\w+)\): LAB-SCRIPT-EXIT (\d+)')
 XEN_BANNER = re.compile(r'\(XEN\) Xen version')
-PANIC = re.compile(r'Kernel panic|\(XEN\) Panic on CPU|\(XEN\) \*\*\*\*\*\*\*')
+PANIC = re.compile(r'Kernel panic|\(XEN\) Panic on CPU')
 
 
 def main():
