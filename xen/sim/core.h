@@ -61,6 +61,9 @@ std::unique_ptr<Store, StoreDeleter> make_store();
 void store_domain_created(Store& s, DomId domid, const std::string& name);
 /// Removes /local/domain/<id>, drops the domain's watches and fires @releaseDomain.
 void store_domain_released(Store& s, DomId domid);
+/// xenstored goes away (every request fails with EIO) or comes back (every
+/// watch of every connection fires once, as after a reconnect).
+void store_set_up(Store& s, bool up);
 /// Records that `dm` is the device model of `guest` (xenstored gives it
 /// the guest's access rights).
 void store_set_target(Store& s, DomId dm, DomId guest);

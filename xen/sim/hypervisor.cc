@@ -123,11 +123,21 @@ public:
         return out;
     }
 
+    Result<void> set_paused(DomId domid, bool paused) override {
+        std::lock_guard lk(core_->mu);
+        auto d = core_->live_locked(domid, paused ? "pause" : "unpause");
+        if (!d) return std::move(d).error();
+        d.value()->paused = paused;
+        return ok();
+    }
+
     Result<void> set_target(DomId device_model, DomId guest) override {
         return core_->set_target(device_model, guest);
     }
 
     XenStore& toolstack_store() override { return *toolstack_; }
+
+    void set_xenstore_up(bool up) override { store_set_up(*core_->store, up); }
 
     Result<void> add_virtio_device(const VirtioDeviceSpec& spec) override {
         XV_TRY(check_pair(spec.frontend, spec.backend, "add virtio device"));

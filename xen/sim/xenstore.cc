@@ -88,6 +88,8 @@ public:
     std::map<DomId, DomId> targets;  ///< device-model domain -> its target
     std::set<XenStoreImpl*> conns;
     Txn next_txn = 1;
+    /// False while xenstored is "gone" (SimHypervisor::set_xenstore_up).
+    bool up = true;
 
     Store() {
         Node root;
@@ -324,6 +326,7 @@ public:
 
     Result<Txn> transaction_start() override {
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error("transaction_start", "");
         if (txns_.size() >= kMaxTxns)
             return errno_error(ENOSPC, "xenstore transaction_start: " + dom_name(domid_) + " has too many open");
         Txn id = s_.next_txn++;
@@ -336,6 +339,7 @@ public:
 
     Result<void> transaction_end(Txn t, bool abort) override {
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error("transaction_end", "");
         auto it = txns_.find(t);
         if (it == txns_.end()) return errno_error(ENOENT, "xenstore transaction_end: no transaction " + std::to_string(t));
         std::unique_ptr<TxnState> st = std::move(it->second);
@@ -371,6 +375,7 @@ public:
 
     Result<void> watch(const std::string& path, const std::string& token) override {
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error("watch", path);
         std::string abs;
         if (path == "@introduceDomain" || path == "@releaseDomain") {
             abs = path;
@@ -394,6 +399,7 @@ public:
 
     Result<void> unwatch(const std::string& path, const std::string& token) override {
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error("unwatch", path);
         std::string abs = path;
         if (path.empty() || path[0] != '@') {
             auto r = normalize(path, "unwatch");
@@ -412,6 +418,7 @@ public:
 
     Result<std::optional<WatchEvent>> read_watch() override {
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error("read_watch", "");
         if (queue_.empty()) {
             drain();
             return std::optional<WatchEvent>{};
@@ -455,7 +462,20 @@ public:
         return abs;
     }
 
+    /// After an outage: the connection is re-established and, as libxenstore
+    /// re-registers its watches, every watch fires once (s_.mu held).
+    void reconnected_locked() {
+        for (const auto& w : watches_) queue_locked({w.given, w.token});
+    }
+
 private:
+    /// What every request gets while xenstored is gone (the socket/ring
+    /// reports an I/O error, as libxenstore does when xenstored dies).
+    static Error down_error(const char* op, const std::string& path) {
+        return errno_error(EIO, std::string("xenstore ") + op + (path.empty() ? "" : " " + path) +
+                                    ": xenstored is not running");
+    }
+
     /// Absolute, validated path (xenstored valid_chars / is_valid_nodename).
     Result<std::string> normalize(const std::string& path, const char* op) const {
         std::string p = path;
@@ -477,6 +497,7 @@ private:
         auto pr = normalize(path, op);
         if (!pr) return std::move(pr).error();
         std::lock_guard lk(s_.mu);
+        if (!s_.up) return down_error(op, path);
         if (t != kNoTxn) {
             auto it = txns_.find(t);
             if (it == txns_.end())
@@ -558,6 +579,14 @@ void store_domain_created(Store& s, DomId domid, const std::string& name) {
     (void)o.write(home + "/domid", std::to_string(domid), false);
     for (auto& f : o.fires) s.fire_locked(f);
     s.fire_special_locked("@introduceDomain");
+}
+
+void store_set_up(Store& s, bool up) {
+    std::lock_guard lk(s.mu);
+    if (s.up == up) return;
+    s.up = up;
+    if (up)
+        for (auto* c : s.conns) c->reconnected_locked();
 }
 
 void store_domain_released(Store& s, DomId domid) {

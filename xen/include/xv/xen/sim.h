@@ -228,6 +228,11 @@ public:
 
     /// A privileged xenstore connection (the toolstack's view).
     virtual XenStore& toolstack_store() = 0;
+    /// Takes xenstored away (false: every request of every connection,
+    /// the toolstack's too, fails with EIO; no watch fires) or brings it
+    /// back (true: every registered watch fires once, as libxenstore
+    /// re-registers them after a reconnect).
+    virtual void set_xenstore_up(bool up) = 0;
     /// Writes a virtio device exactly as libxl_virtio.c does.
     virtual Result<void> add_virtio_device(const VirtioDeviceSpec& spec) = 0;
     /// Writes a 4.17 `virtio_disk` exactly as libxl_disk.c does.
