@@ -112,10 +112,11 @@ public:
         auto ev = open_evtchn();
         if (!ev) return std::move(ev).error();
         evt_ = std::move(*ev);
-        // Hardening: this handle only ever talks to this guest. Older kernels
-        // lack the ioctl; that is not a reason to refuse to serve.
-        if (auto r = evt_->restrict_to(domid_); !r)
-            spdlog::debug("xen: {}: event channel handle not restricted: {}", who, r.error().describe());
+        // Not restricted here: the worker's xentoolcore_restrict_all() does
+        // it for every handle, and Linux refuses a second
+        // IOCTL_EVTCHN_RESTRICT_DOMID on the same handle with EACCES
+        // (drivers/xen/evtchn.c), which made restrict_all fail and every
+        // worker refuse to serve (R5) on real Xen.
         for (unsigned v = 0; v < vcpus_; ++v) {
             Port remote = detail::slot_port(slot(v));
             if (remote == 0)
