@@ -5,11 +5,18 @@ extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xentoollog.h>
 }
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "libxen_impl.h"
 #include "xv/log.h"
@@ -35,6 +42,66 @@ void tool_vmessage(xentoollog_logger*, xentoollog_level level, int errnoval, con
 void tool_destroy(xentoollog_logger*) {}
 
 xentoollog_logger g_logger{tool_vmessage, nullptr, tool_destroy};
+
+/// What an open file descriptor refers to ("/dev/xen/gntdev", "socket:[..]").
+std::string fd_target(int fd) {
+    char link[64], buf[256];
+    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = ::readlink(link, buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, std::size_t(n)) : std::string();
+}
+
+/// xentoolcore_restrict_all() restricts the device-model, foreign-memory
+/// and event-channel handles by ioctl, but it cannot restrict grant-table
+/// and xenstore handles to one domain: for those (and for libxencall) it
+/// dup2()s /dev/null over the descriptor (xentoolcore__restrict_by_dup2_null).
+/// A backend that maps grants and answers xenstore cannot work like that
+/// (seen on Xen 4.17: every worker lost xenstore and gntdev and stopped).
+/// These are the descriptors to keep: gntdev, the xenbus device and
+/// sockets (xenstored). libxencall's privcmd and hypercall-buffer
+/// descriptors are not kept: a restricted worker makes no other hypercalls.
+struct KeptFd {
+    int fd;
+    int copy;
+    int fd_flags;
+    std::string target;
+};
+
+std::vector<KeptFd> keep_unrestrictable_fds() {
+    std::vector<KeptFd> out;
+    DIR* d = ::opendir("/proc/self/fd");
+    if (!d) return out;
+    std::vector<int> fds;
+    while (dirent* e = ::readdir(d)) {
+        char* end = nullptr;
+        long v = std::strtol(e->d_name, &end, 10);
+        if (end && *end == '\0' && v >= 0 && v != ::dirfd(d)) fds.push_back(int(v));
+    }
+    ::closedir(d);
+    for (int fd : fds) {
+        std::string t = fd_target(fd);
+        if (t != "/dev/xen/gntdev" && t != "/dev/xen/xenbus" && t.rfind("socket:", 0) != 0) continue;
+        int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) continue;
+        out.push_back({fd, copy, ::fcntl(fd, F_GETFD), std::move(t)});
+    }
+    return out;
+}
+
+/// Puts back the kept descriptors that were replaced by /dev/null.
+void restore_fds(std::vector<KeptFd>& kept) {
+    for (auto& k : kept) {
+        if (fd_target(k.fd) == "/dev/null") {
+            if (::dup3(k.copy, k.fd, (k.fd_flags >= 0 && (k.fd_flags & FD_CLOEXEC)) ? O_CLOEXEC : 0) < 0)
+                spdlog::warn("xen: cannot restore fd {} ({}) after restricting: {}", k.fd, k.target,
+                             std::strerror(errno));
+            else
+                spdlog::debug("xen: fd {} ({}) kept open after restricting (it cannot be restricted)", k.fd,
+                              k.target);
+        }
+        ::close(k.copy);
+    }
+}
 
 class LibxenHypervisor final : public Hypervisor {
 public:
@@ -79,9 +146,13 @@ public:
             return errno_error(EPERM, "restrict handles to dom " + std::to_string(domid) +
                                           ": already restricted to dom " + std::to_string(*restricted_));
         }
+        auto kept = keep_unrestrictable_fds();
         errno = 0;
-        if (xentoolcore_restrict_all(domid) != 0)
-            return call_error("xentoolcore_restrict_all", errno, "restrict handles to dom " + std::to_string(domid),
+        int rc = xentoolcore_restrict_all(domid);
+        int err = errno;
+        restore_fds(kept);
+        if (rc != 0)
+            return call_error("xentoolcore_restrict_all", err, "restrict handles to dom " + std::to_string(domid),
                               CallKind::ToolCore);
         restricted_ = domid;
         return ok();
