@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "../common/ioreq_slot.h"
 #include "xv/log.h"
@@ -137,6 +138,7 @@ Result<DomId> Core::create_domain(const DomainConfig& cfg, std::optional<DomId> 
     auto d = std::make_shared<Domain>();
     d->name = cfg.name;
     d->vcpus = cfg.vcpus;
+    d->paused = cfg.paused;
     d->pages = cfg.memory_pages;
     d->ports.resize(1);  // port 0 is never handed out
     d->grants.resize(kFirstRef);
@@ -351,6 +353,39 @@ Result<std::uint64_t> Core::vcpu_access(const std::shared_ptr<Domain>& d, unsign
     return run_on_server(d, server, req);
 }
 
+namespace {
+
+/// One iteration of a busy-wait (lets the sibling hyperthread run).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
+
+/// How long a trapped vCPU polls its slot before it sleeps. A register
+/// access is answered within a few microseconds; a futex sleep and wake-up
+/// on a busy host costs more than that, and was the tail of the
+/// turnaround. The poll yields, so the backend's threads get the CPU.
+constexpr auto kVcpuSpin = std::chrono::microseconds(50);
+
+}  // namespace
+
+void Core::spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point t0) {
+    // Only reads the state (acquire); the answer is taken under the
+    // server's mutex afterwards, as before.
+    const auto until = t0 + kVcpuSpin;
+    for (unsigned i = 1; xv::xen::detail::slot_state(slot) != xv::xen::detail::kStateRespReady; ++i) {
+        if (i % 16 == 0) {
+            if (std::chrono::steady_clock::now() >= until) return;
+            std::this_thread::yield();
+        } else {
+            cpu_relax();
+        }
+    }
+}
+
 Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, const std::shared_ptr<ServerState>& s,
                                           IoRequest req) {
     using clock = std::chrono::steady_clock;
@@ -373,6 +408,7 @@ Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, cons
     std::uint64_t one = 1;
     ssize_t w = ::write(s->fd, &one, sizeof one);
     (void)w;  // EAGAIN only when the counter is saturated: still readable
+    spin_for_response(s->slot(vcpu), t0);
     std::unique_lock sl(s->mu);
     volatile void* slot = s->slot(vcpu);
     bool done = s->cv.wait_until(sl, t0 + opts.ioreq_timeout, [&] {

@@ -139,6 +139,7 @@ struct Domain {
     std::string name;
     unsigned vcpus = 1;
     bool dying = false;
+    bool paused = false;
     std::optional<DomId> target;
 
     // Memory (guarded by Core::mu except the immutable fd/base/pages).
@@ -245,6 +246,9 @@ public:
     Result<void> vcpu_invalidate(const std::shared_ptr<Domain>& d, unsigned vcpu);
 
 private:
+    /// Polls `slot` (bounded, yielding) until the server answered; the
+    /// caller then takes the answer under the server's mutex or sleeps.
+    static void spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point t0);
     Result<std::uint64_t> run_on_server(const std::shared_ptr<Domain>& d, const std::shared_ptr<ServerState>& s,
                                         IoRequest req);
 };

@@ -50,6 +50,7 @@ private:
         DomainInfo i;
         i.domid = d.id;
         i.dying = d.dying;
+        i.paused = d.paused;
         i.hvm = true;
         i.max_vcpu_id = d.vcpus ? d.vcpus - 1 : 0;
         i.target = d.target;

@@ -70,6 +70,9 @@ struct DomainConfig {
     std::string name;
     std::uint64_t memory_pages = 4096;  ///< guest RAM, 4 KiB pages
     unsigned vcpus = 2;
+    /// Created paused (`xl create -p`). Only DomainControl::info reports
+    /// it; the simulated vCPUs trap either way.
+    bool paused = false;
 };
 
 /// Timing of one trapped access, from the vCPU's trap to its completion.
@@ -216,6 +219,9 @@ public:
     /// Destroys a domain: its ioreq servers stop, its xenstore home goes,
     /// @releaseDomain fires; while grants stay mapped it lingers as a zombie.
     virtual Result<void> destroy_domain(DomId domid) = 0;
+    /// Pauses or unpauses a domain (`xl pause`/`xl unpause`), as reported
+    /// by DomainControl::info.
+    virtual Result<void> set_paused(DomId domid, bool paused) = 0;
     /// The guest side of a live domain (nullptr when unknown or destroyed).
     virtual std::shared_ptr<SimGuest> guest(DomId domid) = 0;
     /// Domains destroyed but still referenced by backend mappings.
