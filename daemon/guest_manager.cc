@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/post.hpp>
@@ -65,7 +66,66 @@ std::optional<std::string> fill_backend(DevicePlan& p, const DeviceEntry* cfg, c
     return "unknown device type";
 }
 
+/// fork/exec of `xen-virtiod serve --domid N --worker`, waitpid to reap.
+class ProcessSpawner final : public WorkerSpawner {
+public:
+    ProcessSpawner(std::string exe, std::string config) : exe_(std::move(exe)), config_(std::move(config)) {}
+
+    Result<int> spawn(xen::DomId domid) override {
+        // Everything the child needs is built before fork: between fork and
+        // exec a multi-threaded process may only make async-signal-safe calls.
+        const std::string dom = std::to_string(domid);
+        const char* argv[] = {exe_.c_str(), "serve", "--domid", dom.c_str(), "--config", config_.c_str(),
+                              "--worker", nullptr};
+        pid_t pid = fork();
+        if (pid < 0) return errno_error(errno, "fork");
+        if (pid == 0) {
+            execv(exe_.c_str(), const_cast<char* const*>(argv));
+            _exit(127);
+        }
+        return int(pid);
+    }
+
+    std::optional<WorkerExit> poll(int id) override {
+        int status = 0;
+        pid_t r = waitpid(pid_t(id), &status, WNOHANG);
+        if (r != pid_t(id)) return std::nullopt;
+        return decode(status);
+    }
+
+    void terminate(int id) override { (void)kill(pid_t(id), SIGTERM); }
+
+    WorkerExit wait(int id, std::chrono::milliseconds limit) override {
+        auto end = std::chrono::steady_clock::now() + limit;
+        while (std::chrono::steady_clock::now() < end) {
+            if (auto e = poll(id)) return *e;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        spdlog::error("worker pid {} did not stop within {} ms: SIGKILL", id, limit.count());
+        (void)kill(pid_t(id), SIGKILL);
+        int status = 0;
+        (void)waitpid(pid_t(id), &status, 0);
+        return decode(status);
+    }
+
+private:
+    static WorkerExit decode(int status) {
+        if (WIFSIGNALED(status)) return {true, WTERMSIG(status)};
+        return {false, WIFEXITED(status) ? WEXITSTATUS(status) : 0};
+    }
+    std::string exe_, config_;
+};
+
+std::string describe_exit(const WorkerExit& e) {
+    return e.signaled ? "signal " + std::to_string(e.status) + " (" + strsignal(e.status) + ")"
+                      : "exit status " + std::to_string(e.status);
+}
+
 }  // namespace
+
+std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path) {
+    return std::make_shared<ProcessSpawner>(std::move(self_exe), std::move(config_path));
+}
 
 PlanResult plan_guest(const Config& config, xen::DomId domid, const std::string& name,
                       const std::vector<AnnouncedDevice>& announced, xen::DomId backend_domid) {
@@ -166,7 +226,9 @@ std::shared_ptr<GuestManager> GuestManager::create(const Config& config, xen::Hy
 GuestManager::GuestManager(const Config& config, xen::Hypervisor& hv, boost::asio::any_io_executor ex,
                            ManagerOptions opts)
     : config_(config), hv_(hv), ex_(ex), strand_(boost::asio::make_strand(ex)), opts_(std::move(opts)),
-      reap_timer_(ex) {}
+      reap_timer_(ex) {
+    if (opts_.spawn_workers && !opts_.spawner) opts_.spawner = make_process_spawner(opts_.self_exe, opts_.config_path);
+}
 
 GuestManager::~GuestManager() {
     // The watch fd belongs to the XenStore handle: never close it twice.
@@ -295,7 +357,10 @@ std::string GuestManager::guest_name(xen::DomId domid) {
 void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevice>& devs, bool at_start,
                                Verdicts* out) {
     (void)out;
-    if (sessions_.count(domid) || workers_.count(domid) || refused_guests_.count(domid)) return;
+    if (refused_guests_.count(domid) || given_up_.count(domid)) return;
+    // A worker (or a restarted one) finds the whole device set itself.
+    if (workers_.count(domid)) return;
+    if (sessions_.count(domid)) return refuse_late_devices(domid, devs);
     const std::string name = guest_name(domid);
 
     // Evaluate the policy for this guest (again: guests found later).
@@ -357,6 +422,8 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     }
     ++stats_.sessions_started;
     sessions_[domid] = s.value();
+    auto& known = started_with_[domid];
+    for (const auto& d : devs) known.insert(d.backend_path);
     if (opts_.on_session) opts_.on_session(s.value());
 }
 
@@ -366,6 +433,7 @@ void GuestManager::stop_guest(xen::DomId domid, const char* why) {
     spdlog::info("dom{}: {}", domid, why);
     auto s = it->second;
     sessions_.erase(it);
+    started_with_.erase(domid);
     ++stats_.sessions_stopped;
     s->stop([s] {});
 }
@@ -400,6 +468,15 @@ void GuestManager::rescan() {
     if (stopping_) return;
     ++stats_.scans;
     ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
+    if (scan.failed) {
+        // xenstored gone or restarting: an incomplete scan must not be read
+        // as "every guest went away". Served guests keep being served; the
+        // watches fire again once xenstore is back (libxenstore re-registers
+        // them), and the next scan decides.
+        spdlog::error("xenstore scan failed, served guests are kept until it answers again: {}",
+                      scan.failed->describe());
+        return;
+    }
     for (auto& [path, err] : scan.errors) {
         if (!reported_.insert(path).second) continue;
         spdlog::error("{}: ignored: {}", path, err.describe());
@@ -421,6 +498,8 @@ void GuestManager::rescan() {
     for (auto dom : gone) stop_guest(dom, "guest went away (xenstore state Closing, or domain destroyed)");
     for (auto dom : std::vector<xen::DomId>(refused_guests_.begin(), refused_guests_.end()))
         if (!guest_alive(dom)) refused_guests_.erase(dom);
+    for (auto dom : std::vector<xen::DomId>(given_up_.begin(), given_up_.end()))
+        if (!guest_alive(dom)) given_up_.erase(dom);
 
     auto want = wanted(scan);
     for (auto& [dom, devs] : want) start_guest(dom, devs, false, nullptr);
@@ -431,44 +510,116 @@ void GuestManager::rescan() {
     }
 }
 
+void GuestManager::refuse_late_devices(xen::DomId domid, const std::vector<AnnouncedDevice>& devs) {
+    const auto& known = started_with_[domid];
+    for (const auto& d : devs) {
+        if (known.count(d.backend_path) || !reported_.insert(d.backend_path).second) continue;
+        ++stats_.late_devices_refused;
+        const std::string why =
+            "xen-virtiod: dom" + std::to_string(domid) + " " + d.backend_path +
+            ": announced after the guest's backend started; a backend serves the devices present when it starts "
+            "(once sandboxed it can no longer open images, ptys or taps, R5): restart the guest, or its "
+            "xen-virtiod@" + std::to_string(domid) + " instance, to serve it";
+        spdlog::error("{}", why);
+        (void)write_device_error(*xs_, self_, d, why);
+    }
+}
+
+void GuestManager::error_all_devices(xen::DomId domid, const std::string& why) {
+    ScanResult scan = scan_announced_devices(*xs_, self_, domid);
+    for (const auto& d : scan.devices) (void)write_device_error(*xs_, self_, d, why);
+}
+
 void GuestManager::spawn_worker(xen::DomId domid) {
     // R5: one worker per guest, restricted to it (it calls restrict_all).
-    pid_t pid = fork();
-    if (pid < 0) {
-        spdlog::error("dom{}: cannot start a worker: fork: {}", domid, std::strerror(errno));
+    Worker& w = workers_[domid];
+    auto pid = opts_.spawner->spawn(domid);
+    w.started = std::chrono::steady_clock::now();
+    if (!pid) {
+        spdlog::error("dom{}: cannot start a worker: {}", domid, pid.error().describe());
+        w.id = -1;
+        on_worker_exit(domid, WorkerExit{false, 127});
         return;
     }
-    if (pid == 0) {
-        std::string dom = std::to_string(domid);
-        const char* argv[] = {opts_.self_exe.c_str(), "serve", "--domid", dom.c_str(), "--config",
-                              opts_.config_path.c_str(), "--worker", nullptr};
-        execv(opts_.self_exe.c_str(), const_cast<char* const*>(argv));
-        _exit(127);
-    }
+    w.id = pid.value();
     ++stats_.workers_spawned;
-    workers_[domid] = pid;
-    spdlog::info("dom{}: worker pid {} started", domid, pid);
+    spdlog::info("dom{}: worker pid {} started", domid, w.id);
+}
+
+void GuestManager::on_worker_exit(xen::DomId domid, const WorkerExit& how) {
+    auto it = workers_.find(domid);
+    if (it == workers_.end()) return;
+    Worker& w = it->second;
+    const int pid = w.id;
+    const auto now = std::chrono::steady_clock::now();
+    const auto ran = now - w.started;
+    w.id = -1;
+    // The guest is no longer served: say so where the toolstack looks.
+    auto give_up = [&](const std::string& why) {
+        spdlog::error("{}", why);
+        error_all_devices(domid, why);
+        given_up_.insert(domid);
+        workers_.erase(it);
+    };
+    if (!how.signaled && how.status == 0) {
+        // Orderly: the guest went away, or the worker was told to stop.
+        ++stats_.workers_exited;
+        spdlog::info("dom{}: worker pid {} exited", domid, pid);
+        workers_.erase(it);
+        return;
+    }
+    if (!how.signaled && (how.status == 1 || how.status == 2 || how.status == 3 || how.status == 127)) {
+        // Configuration, policy or privilege (or exec) failure: a restart
+        // would fail the same way. The worker logged the reason.
+        ++stats_.workers_failed;
+        const std::string why = "xen-virtiod: the worker for dom" + std::to_string(domid) + " failed (" +
+                                describe_exit(how) + ": " +
+                                (how.status == 1   ? "configuration error"
+                                 : how.status == 2 ? "refused by the safety policy"
+                                 : how.status == 3 ? "Xen unavailable or a privilege missing"
+                                                   : "cannot execute " + opts_.self_exe) +
+                                "); not restarted, see its log";
+        return give_up(why);
+    }
+    ++stats_.workers_crashed;
+    if (stopping_ || !guest_alive(domid)) {
+        spdlog::info("dom{}: worker pid {} ended ({}); the guest is gone", domid, pid, describe_exit(how));
+        workers_.erase(it);
+        return;
+    }
+    if (ran >= opts_.healthy_after) w.failures = 0;
+    if (++w.failures > opts_.restart_limit) {
+        ++stats_.guests_given_up;
+        return give_up("xen-virtiod: the worker for dom" + std::to_string(domid) + " crashed " +
+                       std::to_string(w.failures) + " times in a row (last: " + describe_exit(how) +
+                       "); the guest is no longer served");
+    }
+    w.backoff = w.failures == 1 ? opts_.restart_backoff : std::min(w.backoff * 2, opts_.restart_backoff_max);
+    w.restart_at = now + w.backoff;
+    spdlog::error("dom{}: worker pid {} crashed ({}); restart {} of {} in {} ms", domid, pid, describe_exit(how),
+                  w.failures, opts_.restart_limit, w.backoff.count());
 }
 
 void GuestManager::reap_workers() {
-    for (auto it = workers_.begin(); it != workers_.end();) {
-        int status = 0;
-        pid_t r = waitpid(it->second, &status, WNOHANG);
-        if (r == it->second) {
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-                spdlog::info("dom{}: worker pid {} exited", it->first, it->second);
-            else
-                spdlog::error("dom{}: worker pid {} failed ({}); its guest is no longer served", it->first,
-                              it->second,
-                              WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
-                                                  : "exit " + std::to_string(WEXITSTATUS(status)));
-            it = workers_.erase(it);
-        } else {
-            ++it;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<xen::DomId> doms;
+    for (const auto& [dom, w] : workers_) doms.push_back(dom);
+    for (auto dom : doms) {
+        auto it = workers_.find(dom);
+        if (it == workers_.end()) continue;
+        if (it->second.id >= 0) {
+            if (auto how = opts_.spawner->poll(it->second.id)) on_worker_exit(dom, *how);
+        } else if (!stopping_ && now >= it->second.restart_at) {
+            if (!guest_alive(dom)) {
+                workers_.erase(it);
+                continue;
+            }
+            ++stats_.workers_restarted;
+            spawn_worker(dom);
         }
     }
     if (stopping_) return;
-    reap_timer_.expires_after(std::chrono::milliseconds(500));
+    reap_timer_.expires_after(opts_.reap_period);
     auto self = shared_from_this();
     reap_timer_.async_wait(boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
         if (!ec) self->reap_workers();
@@ -485,10 +636,14 @@ void GuestManager::stop(std::function<void()> done) {
             (void)self->watch_sd_->release();
             self->watch_sd_.reset();
         }
-        for (auto& [dom, pid] : self->workers_) kill(pid, SIGTERM);
-        for (auto& [dom, pid] : self->workers_) {
-            int st = 0;
-            (void)waitpid(pid, &st, 0);
+        // SIGTERM every worker, then wait for each (bounded: SIGKILL after).
+        for (auto& [dom, w] : self->workers_)
+            if (w.id >= 0) self->opts_.spawner->terminate(w.id);
+        for (auto& [dom, w] : self->workers_) {
+            if (w.id < 0) continue;
+            auto how = self->opts_.spawner->wait(w.id, std::chrono::seconds(10));
+            spdlog::info("dom{}: worker pid {} stopped ({})", dom, w.id, describe_exit(how));
+            ++(how.signaled || how.status != 0 ? self->stats_.workers_crashed : self->stats_.workers_exited);
         }
         self->workers_.clear();
         auto sessions = std::move(self->sessions_);

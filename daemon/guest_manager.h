@@ -17,12 +17,34 @@
 //   in-process   the simulator (`demo`, tests) and `--domid N` workers
 //   worker       real Xen without --domid: the supervisor runs
 //                `xen-virtiod serve --domid N` per guest, restricted to it
+//
+// A guest's device set is fixed when its session (or worker) starts: a
+// sandboxed worker can no longer open images, create ptys or taps
+// (privileges.h), so a device announced later for a guest already served
+// gets an `error` node and a log line, never a half-built device.
+//
+// Worker supervision (the Hardware Domain service), per guest:
+//
+//   +---------+ spawn  +---------+ exit 0 (guest gone, SIGTERM)   +------+
+//   | Wanted  | -----> | Running | -----------------------------> | Done |
+//   +---------+        +---------+ exit 1/2/3 (config, policy,    +------+
+//        ^                  |        privilege: restarting cannot help)
+//        | backoff elapsed, | crash (signal, other exit status)
+//        | guest alive      v
+//        |            +------------+ restart_limit failures in a row
+//        +----------- | Backoff    | -----------------------------> GivenUp
+//                     | 1,2,4..max |   (`error` node + log line)
+//                     +------------+
+//
+// A worker that ran for `healthy_after` resets the failure count.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+
+#include <chrono>
 
 #include <functional>
 #include <map>
@@ -40,6 +62,31 @@
 
 namespace xv::daemon {
 
+/// How a worker process ended.
+struct WorkerExit {
+    bool signaled = false;  ///< killed by a signal (a crash)
+    int status = 0;         ///< exit status, or the signal number
+};
+
+/// Starts, watches and stops the worker processes of the Hardware Domain
+/// service. The real one forks and executes `xen-virtiod serve --domid N
+/// --worker`; tests provide their own.
+class WorkerSpawner {
+public:
+    virtual ~WorkerSpawner() = default;
+    /// Starts a worker for `domid`; returns its id (the pid).
+    virtual Result<int> spawn(xen::DomId domid) = 0;
+    /// How `id` ended, if it did (never blocks).
+    virtual std::optional<WorkerExit> poll(int id) = 0;
+    /// Asks the worker to stop (SIGTERM).
+    virtual void terminate(int id) = 0;
+    /// Waits until the worker ended, at most `limit`, then kills it (SIGKILL).
+    virtual WorkerExit wait(int id, std::chrono::milliseconds limit) = 0;
+};
+
+/// The fork/exec spawner: `self_exe serve --domid N --config FILE --worker`.
+std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path);
+
 /// How the manager runs.
 struct ManagerOptions {
     /// Serve this guest only (`--domid N`): the Driver Domain shape, or a
@@ -50,6 +97,17 @@ struct ManagerOptions {
     /// For spawned workers: this binary and the configuration file.
     std::string self_exe;
     std::string config_path;
+    /// Spawns the workers (null: make_process_spawner(self_exe, config_path)).
+    std::shared_ptr<WorkerSpawner> spawner;
+    /// How often worker exits are collected and due restarts made.
+    std::chrono::milliseconds reap_period{500};
+    /// First restart delay after a crash; doubles up to restart_backoff_max.
+    std::chrono::milliseconds restart_backoff{1000};
+    std::chrono::milliseconds restart_backoff_max{30000};
+    /// Crashes in a row after which the guest is given up.
+    unsigned restart_limit = 5;
+    /// A worker that ran this long resets the crash count.
+    std::chrono::milliseconds healthy_after{60000};
     /// Called when the guest of `only_guest` went away.
     std::function<void()> on_only_guest_gone;
     /// Called after each session started (demo, tests).
@@ -64,6 +122,12 @@ struct ManagerStats {
     std::uint64_t devices_refused = 0;
     std::uint64_t guests_refused = 0;
     std::uint64_t workers_spawned = 0;
+    std::uint64_t workers_exited = 0;    ///< ended with status 0
+    std::uint64_t workers_crashed = 0;   ///< signal or unexpected status
+    std::uint64_t workers_failed = 0;    ///< status 1/2/3: not restarted
+    std::uint64_t workers_restarted = 0;
+    std::uint64_t guests_given_up = 0;
+    std::uint64_t late_devices_refused = 0;
 };
 
 /// Builds the plan of one guest from what xenstore announced and the
@@ -115,6 +179,11 @@ private:
     std::string guest_name(xen::DomId domid);
     void spawn_worker(xen::DomId domid);
     void reap_workers();
+    void on_worker_exit(xen::DomId domid, const WorkerExit& how);
+    /// Devices announced for a guest after its session or worker started.
+    void refuse_late_devices(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
+    /// Writes `why` as the error node of every device announced for `domid`.
+    void error_all_devices(xen::DomId domid, const std::string& why);
 
     Config config_;
     xen::Hypervisor& hv_;
@@ -129,7 +198,18 @@ private:
     boost::asio::steady_timer reap_timer_;
     bool stopping_ = false;
     std::map<xen::DomId, std::shared_ptr<GuestSession>> sessions_;
-    std::map<xen::DomId, int> workers_;            ///< domid -> worker pid
+    /// One supervised worker (see the diagram above).
+    struct Worker {
+        int id = -1;                                  ///< pid; -1 while in backoff
+        std::chrono::steady_clock::time_point started;
+        std::chrono::steady_clock::time_point restart_at;
+        unsigned failures = 0;                        ///< crashes in a row
+        std::chrono::milliseconds backoff{0};
+    };
+    std::map<xen::DomId, Worker> workers_;
+    std::set<xen::DomId> given_up_;
+    /// Backend paths each served guest started with (late-device check).
+    std::map<xen::DomId, std::set<std::string>> started_with_;
     std::set<std::string> reported_;               ///< backend paths already given an error node
     std::set<xen::DomId> refused_guests_;
     ManagerStats stats_;

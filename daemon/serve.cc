@@ -46,20 +46,6 @@ std::string self_exe() {
     return std::string(buf, std::size_t(n));
 }
 
-/// Resolves "5" or "guest1" to a domid through xenstore names.
-std::optional<xen::DomId> resolve_domain(xen::XenStore& xs, const std::string& s) {
-    if (auto n = parse_xs_uint(s, 0x7fef); n && s.find_first_not_of("0123456789") == std::string::npos)
-        return xen::DomId(*n);
-    auto list = xs.directory("/local/domain");
-    if (!list) return std::nullopt;
-    for (const auto& id : list.value()) {
-        auto nm = xs.read("/local/domain/" + id + "/name");
-        auto n = parse_xs_uint(id, 0x7fef);
-        if (nm && n && nm.value() == s) return xen::DomId(*n);
-    }
-    return std::nullopt;
-}
-
 /// sd_notify watchdog pings while the loop is alive.
 void arm_watchdog(boost::asio::steady_timer& t, std::chrono::microseconds period) {
     t.expires_after(period / 2);
@@ -236,59 +222,12 @@ int run_dt_fragment(const DtOptions& opts, std::ostream& out) {
 }
 
 int run_attach(const AttachOptions& opts) {
-    auto hvr = xen::open_libxen();
-    if (!hvr) {
-        std::cerr << "xen-virtiod: " << hvr.error().describe() << "\n";
+    auto hv = xen::open_libxen();
+    if (!hv) {
+        std::cerr << "xen-virtiod: " << hv.error().describe() << "\n";
         return kExitXen;
     }
-    auto& hv = *hvr.value();
-    auto xs = hv.open_xenstore();
-    auto dc = hv.open_domain_control();
-    if (!xs || !dc) {
-        std::cerr << "xen-virtiod: " << (!xs ? xs.error().describe() : dc.error().describe()) << "\n";
-        return kExitXen;
-    }
-    auto be = resolve_domain(*xs.value(), opts.backend);
-    auto guest = resolve_domain(*xs.value(), opts.guest);
-    if (!be || !guest) {
-        std::cerr << "xen-virtiod: no domain '" << (!be ? opts.backend : opts.guest) << "'\n";
-        return kExitUsage;
-    }
-    if (dc.value()->xsm_mode() == xen::XsmMode::Silo) {
-        std::cerr << "xen-virtiod: Xen runs XSM SILO, which forbids event channels and grant maps between two "
-                     "DomUs: a driver domain cannot serve a guest. Boot Xen with xsm=dummy (or a FLASK policy "
-                     "that allows it).\n";
-        return kExitXen;
-    }
-    auto gi = dc.value()->info(*guest);
-    if (!gi) {
-        std::cerr << "xen-virtiod: guest dom" << *guest << ": " << gi.error().describe() << "\n";
-        return kExitUsage;
-    }
-    if (!gi.value().paused)
-        std::cerr << "xen-virtiod: warning: dom" << *guest
-                  << " is running; create it paused (xl create -p) so the backend is ready before it boots\n";
-    auto bi = dc.value()->info(*be);
-    if (!bi) {
-        std::cerr << "xen-virtiod: driver domain dom" << *be << ": " << bi.error().describe() << "\n";
-        return kExitUsage;
-    }
-    if (bi.value().target && *bi.value().target != *guest) {
-        std::cerr << "xen-virtiod: dom" << *be << " already has device-model privilege over dom"
-                  << *bi.value().target << " (a domain has one target); use one driver domain per guest\n";
-        return kExitUsage;
-    }
-    if (auto r = dc.value()->set_target(*be, *guest); !r) {
-        std::cerr << "xen-virtiod: xc_domain_set_target(" << *be << ", " << *guest
-                  << "): " << r.error().describe() << "\n";
-        return kExitXen;
-    }
-    if (auto r = xs.value()->write("/local/domain/" + std::to_string(*be) + "/target", std::to_string(*guest)); !r) {
-        std::cerr << "xen-virtiod: write target key: " << r.error().describe() << "\n";
-        return kExitXen;
-    }
-    std::cout << "dom" << *be << " now has device-model privilege over dom" << *guest << "\n";
-    return kExitOk;
+    return attach_command(opts, *hv.value(), std::cout, std::cerr);
 }
 
 }  // namespace xv::daemon

@@ -6,6 +6,7 @@
 #include <ostream>
 #include <string>
 
+#include "attach.h"
 #include "xv/xen/types.h"
 
 namespace xv::daemon {
@@ -42,14 +43,7 @@ struct DtOptions {
 /// `dt-fragment`: the .dts of the PCI host bridge for the guest's virtio-pci devices.
 int run_dt_fragment(const DtOptions& opts, std::ostream& out);
 
-/// Options of `attach`.
-struct AttachOptions {
-    std::string backend;
-    std::string guest;
-};
-/// `attach`: xc_domain_set_target(backend, guest) + the `target` xenstore
-/// key, with the preconditions checked (lab-notes "A backend in a driver
-/// domain").
+/// `attach` on real Xen: attach_command() (attach.h) with libxen.
 int run_attach(const AttachOptions& opts);
 
 }  // namespace xv::daemon
