@@ -16,6 +16,16 @@ Error bad(const std::string& path, const std::string& key, const std::string& wh
     return make_error(std::errc::invalid_argument, path + "/" + key + ": " + why);
 }
 
+/// A value read from xenstore as it may appear in a log line or an error
+/// node: printable ASCII, at most 64 characters (a 4 KiB hostile value
+/// would not even fit the error node it is reported in).
+std::string quoted(const std::string& v) {
+    std::string s = v.substr(0, 64);
+    for (char& c : s)
+        if (c < 0x20 || c > 0x7e) c = '?';
+    return "'" + s + (v.size() > 64 ? "'..." : "'");
+}
+
 /// Reads a key; nullopt when absent.
 std::optional<std::string> read_opt(xen::XenStore& xs, const std::string& path) {
     auto r = xs.read(path);
@@ -60,6 +70,10 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
 
     auto need = [&](const char* key) -> Result<std::string> {
         auto r = xs.read(p + "/" + key);
+        // A key that is not there is the device's fault; xenstore failing
+        // to answer is not (the scan as a whole failed).
+        if (!r && r.error().code != std::errc::no_such_file_or_directory)
+            return Error{r.error().code, p + "/" + key + ": " + r.error().message};
         if (!r) return bad(p, key, "missing (" + r.error().describe() + ")");
         if (r.value().size() > 4096) return bad(p, key, "value too long");
         return std::move(r).value();
@@ -70,7 +84,7 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
         auto v = need("frontend-id");
         if (!v) return std::move(v).error();
         auto id = parse_xs_uint(v.value(), kMaxGuestDomId);
-        if (!id || *id != frontend) return bad(p, "frontend-id", "'" + v.value() + "' does not match " + std::to_string(frontend));
+        if (!id || *id != frontend) return bad(p, "frontend-id", quoted(v.value()) + " does not match " + std::to_string(frontend));
     }
     {
         auto v = need("frontend");
@@ -78,13 +92,13 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
         d.frontend_path = v.value();
         const std::string expect = home(frontend) + "/device/";
         if (d.frontend_path.rfind(expect, 0) != 0)
-            return bad(p, "frontend", "'" + d.frontend_path + "' is not under " + expect);
+            return bad(p, "frontend", quoted(d.frontend_path) + " is not under " + expect);
     }
     {
         auto v = need("state");
         if (!v) return std::move(v).error();
         auto s = parse_xs_uint(v.value(), 8);
-        if (!s) return bad(p, "state", "'" + v.value() + "' is not a XenbusState");
+        if (!s) return bad(p, "state", quoted(v.value()) + " is not a XenbusState");
         d.state = int(*s);
     }
     if (auto v = read_opt(xs, p + "/online")) d.online = (*v == "1");
@@ -94,7 +108,7 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
         // A 48-bit guest-physical address, 4-byte aligned (register window).
         auto b = parse_xs_uint(v.value(), (1ULL << 48) - 1);
         if (!b || *b == 0 || (*b & 3) != 0)
-            return bad(p, "base", "'" + v.value() + "' is not a 4-byte aligned guest-physical address");
+            return bad(p, "base", quoted(v.value()) + " is not a 4-byte aligned guest-physical address");
         d.base = *b;
     }
     {
@@ -102,17 +116,17 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
         if (!v) return std::move(v).error();
         // Arm SPIs are 32..1019; x86 GSIs fit in the same bound.
         auto i = parse_xs_uint(v.value(), 1019);
-        if (!i) return bad(p, "irq", "'" + v.value() + "' is not an interrupt number (0..1019)");
+        if (!i) return bad(p, "irq", quoted(v.value()) + " is not an interrupt number (0..1019)");
         d.irq = std::uint32_t(*i);
     }
     if (auto v = read_opt(xs, p + "/transport")) {
-        if (*v != "mmio" && *v != "pci") return bad(p, "transport", "'" + *v + "' is neither mmio nor pci");
+        if (*v != "mmio" && *v != "pci") return bad(p, "transport", quoted(*v) + " is neither mmio nor pci");
         d.transport = *v;
     } else {
         d.transport = "mmio";
     }
     if (auto v = read_opt(xs, p + "/grant_usage")) {
-        if (*v != "0" && *v != "1") return bad(p, "grant_usage", "'" + *v + "' is neither 0 nor 1");
+        if (*v != "0" && *v != "1") return bad(p, "grant_usage", quoted(*v) + " is neither 0 nor 1");
         d.grant_usage = (*v == "1");
     } else {
         // libxl's default: grants exactly when the backend is not Dom0
@@ -123,18 +137,22 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
     if (kind == BackendKind::Virtio) {
         auto v = need("type");
         if (!v) return std::move(v).error();
-        if (v.value().rfind("virtio,device", 0) != 0)
-            return bad(p, "type", "'" + v.value() + "' is not a virtio,device<N> compatible");
+        // "virtio,device" (generic) or "virtio,device<N>", N a virtio device
+        // id (virtio 1.2 §5: at most a few dozen; three digits is plenty).
+        const std::string& t = v.value();
+        const std::string id = t.size() > 13 ? t.substr(13) : std::string();
+        if (t.rfind("virtio,device", 0) != 0 || id.size() > 3 || id.find_first_not_of("0123456789") != std::string::npos)
+            return bad(p, "type", quoted(t) + " is not a virtio,device<N> compatible");
         d.type = v.value();
     } else {
         auto v = need("params");
         if (!v) return std::move(v).error();
         if (v.value().empty() || v.value()[0] != '/')
-            return bad(p, "params", "'" + v.value() + "' is not an absolute path");
+            return bad(p, "params", quoted(v.value()) + " is not an absolute path");
         d.params = v.value();
         d.type = "virtio,device2";
         if (auto m = read_opt(xs, p + "/mode")) {
-            if (*m != "w" && *m != "r") return bad(p, "mode", "'" + *m + "' is neither w nor r");
+            if (*m != "w" && *m != "r") return bad(p, "mode", quoted(*m) + " is neither w nor r");
             d.writable = (*m == "w");
         }
         if (auto de = read_opt(xs, p + "/discard-enable")) d.discard = (*de == "1");
@@ -147,7 +165,11 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
     for (BackendKind kind : {BackendKind::Virtio, BackendKind::VirtioDisk}) {
         const std::string base = home(self) + "/backend/" + kind_name(kind);
         auto fes = xs.directory(base);
-        if (!fes) continue;  // nothing announced of this kind
+        if (!fes) {
+            // ENOENT: nothing announced of this kind.
+            if (fes.error().code != std::errc::no_such_file_or_directory) out.failed = fes.error();
+            continue;
+        }
         for (const auto& fe_name : fes.value()) {
             auto fe = parse_xs_uint(fe_name, kMaxGuestDomId);
             if (!fe || fe_name.find_first_not_of("0123456789") != std::string::npos) {
@@ -157,7 +179,10 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
             }
             if (only_frontend && *only_frontend != *fe) continue;
             auto devs = xs.directory(base + "/" + fe_name);
-            if (!devs) continue;
+            if (!devs) {
+                if (devs.error().code != std::errc::no_such_file_or_directory) out.failed = devs.error();
+                continue;
+            }
             for (const auto& dev_name : devs.value()) {
                 auto devid = parse_xs_uint(dev_name, UINT32_MAX);
                 const std::string path = base + "/" + fe_name + "/" + dev_name;
@@ -168,8 +193,10 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
                 auto d = read_announced_device(xs, kind, self, xen::DomId(*fe), unsigned(*devid));
                 if (d)
                     out.devices.push_back(std::move(d).value());
-                else
+                else if (d.error().code == std::errc::invalid_argument)
                     out.errors.emplace(path, std::move(d).error());
+                else
+                    out.failed = std::move(d).error();
             }
         }
     }

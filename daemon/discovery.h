@@ -68,6 +68,9 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
 struct ScanResult {
     std::vector<AnnouncedDevice> devices;
     std::map<std::string, Error> errors;  ///< backend path -> why it was rejected
+    /// Set when xenstore itself failed (not a device's fault): the lists
+    /// are then incomplete and say nothing about which guests went away.
+    std::optional<Error> failed;
 };
 
 /// Lists every device announced for backend domain `self` (both layouts).
