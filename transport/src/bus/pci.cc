@@ -535,9 +535,11 @@ void PciTransport::common_write_locked(std::uint32_t off, unsigned size, std::ui
             }
             c.set_queue_ready_locked(queue_select_, true, std::exchange(done, nullptr));
             return;
-        case 0x20: set64(q->desc); return;
-        case 0x28: set64(q->driver); return;
-        case 0x30: set64(q->device); return;
+        // q is null when queue_select names a queue that does not exist:
+        // the write is dropped (virtio 1.2 §4.1.4.3: queue_size reads 0 there).
+        case 0x20: if (q) set64(q->desc); return;
+        case 0x28: if (q) set64(q->driver); return;
+        case 0x30: if (q) set64(q->device); return;
         default: return;  // queue_reset: RING_RESET not offered
     }
 }
