@@ -89,6 +89,16 @@ bool take_iov(Cursor& cur, std::size_t n, std::vector<iovec>& iov, std::uint32_t
     return true;
 }
 
+/// The data of an IN or OUT request: `len` bytes of `cur` from `sector` on.
+template <class Cursor>
+ReqErr take_data(Cursor& cur, std::uint64_t sector, std::uint64_t len, const ParseLimits& lim, std::vector<iovec>& iov) {
+    // virtio 1.2 §5.2.6.1: the data length MUST be a multiple of 512.
+    if (len % blk::kSectorSize) return ReqErr::BadDataLength;
+    // virtio 1.2 §5.2.6.1: no read or write beyond capacity.
+    if (!in_range(sector, len, lim.capacity_sectors)) return ReqErr::OutOfRange;
+    return take_iov(cur, len, iov, lim.max_iov) ? ReqErr::None : ReqErr::TooManySegments;
+}
+
 ReqErr parse_segments(transport::Reader& rd, std::uint64_t bytes, bool discard, const ParseLimits& lim,
                       std::vector<Range>& ranges) {
     const std::uint32_t max_seg = discard ? lim.max_discard_seg : lim.max_write_zeroes_seg;
@@ -156,18 +166,8 @@ ParsedRequest parse_request(const transport::DescriptorChain& chain, const Parse
     switch (p.type) {
         case blk::req::kIn: {
             p.data_len = writable_data;
-            // virtio 1.2 §5.2.6.1: the data length MUST be a multiple of 512.
-            if (p.data_len % blk::kSectorSize) {
-                p.err = ReqErr::BadDataLength;
-                return p;
-            }
-            // virtio 1.2 §5.2.6.1: no read beyond capacity.
-            if (!in_range(p.sector, p.data_len, lim.capacity_sectors)) {
-                p.err = ReqErr::OutOfRange;
-                return p;
-            }
             transport::Writer w = chain.writer();
-            if (!take_iov(w, p.data_len, iov, lim.max_iov)) p.err = ReqErr::TooManySegments;
+            p.err = take_data(w, p.sector, p.data_len, lim, iov);
             return p;
         }
         case blk::req::kOut: {
@@ -178,15 +178,7 @@ ParsedRequest parse_request(const transport::DescriptorChain& chain, const Parse
                 return p;
             }
             p.data_len = rd.available();
-            if (p.data_len % blk::kSectorSize) {
-                p.err = ReqErr::BadDataLength;
-                return p;
-            }
-            if (!in_range(p.sector, p.data_len, lim.capacity_sectors)) {
-                p.err = ReqErr::OutOfRange;
-                return p;
-            }
-            if (!take_iov(rd, p.data_len, iov, lim.max_iov)) p.err = ReqErr::TooManySegments;
+            p.err = take_data(rd, p.sector, p.data_len, lim, iov);
             return p;
         }
         case blk::req::kFlush:

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "common/next_chain.h"
 #include "xv/devices/console.h"
 #include "xv/log.h"
 
@@ -173,13 +174,9 @@ private:
         if (rx_stopped_ || !rxq_ || rxq_->broken() || in_.empty()) return;
         bool pushed = false;
         while (in_off_ < in_.size()) {
-            auto r = rxq_->pop();
-            if (!r) break;
-            if (!*r) {
-                if (rxq_->enable_notifications()) continue;
-                break;  // no rx buffers: the rest waits for the next kick, in order
-            }
-            DescriptorChain c = std::move(**r);
+            DescriptorChain c;
+            // No rx buffers: the rest waits for the next kick, in order.
+            if (next_chain(*rxq_, c) != Next::Chain) break;
             pushed = true;
             // virtio 1.2 §5.3.6.1: receiveq buffers are device-writable.
             if (c.writable_bytes() == 0) {
@@ -211,13 +208,8 @@ private:
         bool pushed = false;
         unsigned budget = 0;
         for (; budget < kTxBudget; ++budget) {
-            auto r = txq_->pop();
-            if (!r) break;
-            if (!*r) {
-                if (txq_->enable_notifications()) continue;
-                break;
-            }
-            DescriptorChain c = std::move(**r);
+            DescriptorChain c;
+            if (next_chain(*txq_, c) != Next::Chain) break;
             pushed = true;
             // virtio 1.2 §5.3.6.1: transmitq buffers are device-readable;
             // writable parts are not ours to fill (ignored).

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <random>
 
+#include "common/next_chain.h"
 #include "tap.h"
 #include "xv/devices/net.h"
 #include "xv/log.h"
@@ -181,6 +182,9 @@ private:
     std::string qname(const Virtqueue* q) const {
         return core_->id.label() + " q" + std::to_string(q ? q->index() : 0);
     }
+    enum class Dir { Rx, Tx };
+    /// Runs rx_pump/tx_pump of `p` later on that queue's strand, under its lock.
+    void post_pump(Pair& p, Dir d);
     // rx
     void rx_pump(Pair& p);
     bool rx_fill(Pair& p, bool& pushed);
@@ -275,21 +279,11 @@ Result<void> Session::start() {
     if (has(f, net_feature::kCtrlVq) && ctrl_index_ < ctx_.queues.size()) ctrlq_ = ctx_.queues[ctrl_index_];
 
     // Chains may have been posted before DRIVER_OK: look once.
-    auto self = shared_from_this();
-    for (auto& up : pairs_) {
-        Pair* p = up.get();
-        if (p->rxq)
-            asio::post(p->rxq->strand(), [self, p] {
-                std::lock_guard lk(p->rx_mu);
-                self->rx_pump(*p);
-            });
-        if (p->txq)
-            asio::post(p->txq->strand(), [self, p] {
-                std::lock_guard lk(p->tx_mu);
-                self->tx_pump(*p);
-            });
+    for (auto& p : pairs_) {
+        if (p->rxq) post_pump(*p, Dir::Rx);
+        if (p->txq) post_pump(*p, Dir::Tx);
     }
-    if (ctrlq_) asio::post(ctrlq_->strand(), [self] { self->ctrl_pump(); });
+    if (ctrlq_) asio::post(ctrlq_->strand(), [self = shared_from_this()] { self->ctrl_pump(); });
     return ok();
 }
 
@@ -319,6 +313,18 @@ void Session::stop() {
     std::lock_guard lk(ctrl_mu_);
     ctrl_stopped_ = true;
     ctrlq_ = nullptr;
+}
+
+void Session::post_pump(Pair& p, Dir d) {
+    Virtqueue* q = d == Dir::Rx ? p.rxq : p.txq;
+    if (!q) return;
+    asio::post(q->strand(), [self = shared_from_this(), pp = &p, d] {
+        std::lock_guard lk(d == Dir::Rx ? pp->rx_mu : pp->tx_mu);
+        if (d == Dir::Rx)
+            self->rx_pump(*pp);
+        else
+            self->tx_pump(*pp);
+    });
 }
 
 void Session::notify(std::uint16_t q) {
@@ -356,14 +362,9 @@ bool Session::rx_fill(Pair& p, bool& pushed) {
     for (auto& c : p.held) cap += c.writable_bytes();
     for (;;) {
         if (!p.held.empty() && (!mrg_ || cap >= rx_target_)) return true;
-        auto r = p.rxq->pop();
-        if (!r) return !p.held.empty();  // queue broken: the transport was told
-        if (!*r) {
-            if (!p.held.empty()) return true;
-            if (p.rxq->enable_notifications()) continue;  // raced with the driver
-            return false;
-        }
-        DescriptorChain c = std::move(**r);
+        DescriptorChain c;
+        // Empty, or broken (the transport was told): serve what is held.
+        if (next_chain(*p.rxq, c) != Next::Chain) return !p.held.empty();
         // §5.1.6.3.1: every rx buffer holds at least the header.
         if (c.writable_bytes() < hdr_len_) {
             XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} ({} writable bytes), returned empty", qname(p.rxq),
@@ -397,14 +398,12 @@ bool Session::rx_continue_spill(Pair& p, bool& pushed) {
             c = std::move(p.held.front());
             p.held.pop_front();
         } else {
-            auto r = p.rxq->pop();
-            if (!r) return false;
-            if (!*r) {
-                if (p.rxq->enable_notifications()) continue;
+            const Next got = next_chain(*p.rxq, c);
+            if (got == Next::Broken) return false;
+            if (got == Next::Empty) {
                 core_->n.rx_stalls++;
                 return false;  // wait for the next rx kick
             }
-            c = std::move(**r);
             if (c.writable_bytes() < hdr_len_) {
                 p.rxq->push(std::move(c), 0);
                 pushed = true;
@@ -484,14 +483,7 @@ void Session::rx_pump(Pair& p) {
         }
         rx_deliver(p, static_cast<std::size_t>(n), included, guest_cap, pushed);
     }
-    if (budget == kRxBudget) {
-        auto self = shared_from_this();
-        Pair* pp = &p;
-        asio::post(p.rxq->strand(), [self, pp] {
-            std::lock_guard lk(pp->rx_mu);
-            self->rx_pump(*pp);
-        });
-    }
+    if (budget == kRxBudget) post_pump(p, Dir::Rx);
     if (pushed) p.rxq->notify_guest();
 }
 
@@ -589,13 +581,8 @@ void Session::tx_pump(Pair& p) {
     std::vector<iovec> iov;
     for (; budget < kTxBudget; ++budget) {
         if (!p.tx_pending) {
-            auto r = p.txq->pop();
-            if (!r) break;
-            if (!*r) {
-                if (p.txq->enable_notifications()) continue;
-                break;
-            }
-            DescriptorChain c = std::move(**r);
+            DescriptorChain c;
+            if (next_chain(*p.txq, c) != Next::Chain) break;
             std::uint32_t frame_len = 0;
             NetError e = tx_prepare(c, p.tx_hdr, frame_len);
             if (e != NetError::None) {
@@ -658,14 +645,7 @@ void Session::tx_pump(Pair& p) {
         p.tx_pending.reset();
         pushed = true;
     }
-    if (budget == kTxBudget) {
-        auto self = shared_from_this();
-        Pair* pp = &p;
-        asio::post(p.txq->strand(), [self, pp] {
-            std::lock_guard lk(pp->tx_mu);
-            self->tx_pump(*pp);
-        });
-    }
+    if (budget == kTxBudget) post_pump(p, Dir::Tx);
     if (pushed) p.txq->notify_guest();
 }
 
@@ -676,13 +656,8 @@ void Session::ctrl_pump() {
     if (ctrl_stopped_ || !ctrlq_ || ctrlq_->broken()) return;
     bool pushed = false;
     for (unsigned budget = 0; budget < 64; ++budget) {
-        auto r = ctrlq_->pop();
-        if (!r) break;
-        if (!*r) {
-            if (ctrlq_->enable_notifications()) continue;
-            break;
-        }
-        DescriptorChain c = std::move(**r);
+        DescriptorChain c;
+        if (next_chain(*ctrlq_, c) != Next::Chain) break;
         pushed = true;
         // §5.1.6.5: {u8 class; u8 command; data (readable)} then u8 ack (writable).
         if (c.writable_bytes() < 1) {
