@@ -18,12 +18,12 @@ DescriptorChain& DescriptorChain::operator=(DescriptorChain&& o) noexcept {
         writable_len_ = o.writable_len_;
         readable_ = std::move(o.readable_);
         writable_ = std::move(o.writable_);
-        maps_ = std::move(o.maps_);
+        map_ = std::move(o.map_);
+        map2_ = std::move(o.map2_);
         copied_ = std::move(o.copied_);
         o.queue_ = nullptr;
         o.readable_.clear();
         o.writable_.clear();
-        o.maps_.clear();
         o.copied_.clear();
     }
     return *this;

@@ -2,6 +2,13 @@
 // xen/sim GrantMapper: maps a batch of a guest's grant refs in one call,
 // with Xen's checks (ref granted, not revoked, granted to us, RO vs RW),
 // and page protections that make a write through a RO mapping fault.
+//
+// Placement: with protect_pages, every mapping is an mmap of exactly its
+// frames (an access past it faults). Without, a run of contiguous frames is
+// handed out as a view into guest RAM premapped once: RW parts into the
+// guest's RW mapping, RO parts into a PROT_READ view of the same memfd, so
+// RO still faults on write; only the bounds are not enforced. Map counts,
+// revocation and zombie release are the same in both placements.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -13,12 +20,27 @@
 namespace xv::xen::sim::detail {
 namespace {
 
-/// One live mapping made by a GrantMapperImpl.
+/// One live mapping made by a GrantMapperImpl (a slot; cookie = index + 1).
 struct MapRecord {
     std::shared_ptr<Domain> dom;   ///< keeps the guest's memory alive
-    std::vector<GrantRef> refs;
-    bool mmapped = false;          ///< own mmap (munmap on release) vs pointer into guest RAM
+    std::vector<GrantRef> refs;    ///< capacity kept when the slot is reused
+    std::byte* addr = nullptr;     ///< what GrantMapping::data() returns
+    std::byte* own[2] = {nullptr, nullptr};  ///< own mmaps (RO part, RW part), munmapped on release
+    std::uint32_t own_pages[2] = {0, 0};
+    bool live = false;
 };
+
+/// A read-only view of a whole guest RAM (PROT_READ, shared with the
+/// guest's memfd): RO mappings of contiguous frames point into it, so a
+/// write through them faults as on Xen.
+struct RoView {
+    std::weak_ptr<Domain> dom;
+    std::byte* base = nullptr;
+    std::size_t len = 0;
+};
+
+/// Why a ref cannot be mapped or copied (Xen's grant_table.c checks).
+enum class RefFault { None, NotGranted, Revoked, OtherDomain, ReadOnly, OutsideRam };
 
 class GrantMapperImpl final : public GrantMapper {
 public:
@@ -27,22 +49,27 @@ public:
     ~GrantMapperImpl() override {
         // Mappings still alive when the handle dies are released, as closing
         // /dev/xen/gntdev does.
-        std::vector<std::pair<std::byte*, std::uint32_t>> left;
+        std::vector<std::uint64_t> left;
         {
             std::lock_guard lk(mu_);
-            for (auto& [addr, rec] : records_) left.emplace_back(addr, std::uint32_t(rec.refs.size()));
+            for (std::size_t i = 0; i < slots_.size(); ++i)
+                if (slots_[i].live) left.push_back(i + 1);
         }
-        for (auto& [a, n] : left) release(a, n, /*count_call=*/false);
+        for (auto c : left) release(c, /*count_call=*/false);
+        for (auto& v : views_) ::munmap(v.base, v.len);
         --core_->res.open_handles;
     }
 
     Result<GrantMapping> map(DomId domid, std::span<const GrantRef> refs, bool writable) override {
-        auto r = do_map(domid, refs, writable);
-        std::lock_guard lk(mu_);
-        ++stats_.map_calls;
-        ++core_->stats.grant_map_calls;
-        if (!r) ++stats_.map_failures;
-        return r;
+        GrantBatchEntry e;
+        (writable ? e.rw : e.ro) = std::uint32_t(std::min<std::size_t>(refs.size(), UINT32_MAX));
+        auto r = map_counted(domid, refs, std::span(&e, 1));
+        if (!r) return std::move(r).error();
+        return std::move(e.map);
+    }
+
+    Result<void> map_batch(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) override {
+        return map_counted(domid, refs, entries);
     }
 
     Result<void> copy(std::span<const GrantCopySegment> segs) override {
@@ -58,18 +85,18 @@ public:
         // names the first bad segment), as one GNTTABOP_copy batch checked up front.
         for (std::size_t i = 0; i < segs.size(); ++i) {
             const auto& s = segs[i];
-            std::string what = "grant copy segment " + std::to_string(i) + " (" + dom_name(s.domid) + " ref " +
-                               std::to_string(s.ref) + ")";
-            XV_TRY(core_->check_restrict_locked(s.domid, std::nullopt, what.c_str()));
-            XV_TRY(core_->check_xsm_locked(s.domid, what.c_str()));
-            auto dr = core_->live_locked(s.domid, what.c_str());
-            if (!dr) return std::move(dr).error();
-            XV_TRY(check_ref(**dr, s.ref, s.to_guest, what));
+            auto what = [&] {
+                return "grant copy segment " + std::to_string(i) + " (" + dom_name(s.domid) + " ref " +
+                       std::to_string(s.ref) + ")";
+            };
+            XV_TRY(checks_locked(s.domid, what));
+            Domain& d = *core_->find_locked(s.domid);
+            if (auto f = check_ref(d, s.ref, s.to_guest); f != RefFault::None) return ref_error(f, d, s.ref, what());
             // grant_table.h: the range must lie inside the granted page.
             if (std::size_t(s.offset) + s.len > kPageSize)
-                return errno_error(EINVAL, what + ": offset " + std::to_string(s.offset) + " + len " +
+                return errno_error(EINVAL, what() + ": offset " + std::to_string(s.offset) + " + len " +
                                                std::to_string(s.len) + " crosses the page");
-            if (s.len && !s.local) return errno_error(EFAULT, what + ": no local buffer");
+            if (s.len && !s.local) return errno_error(EFAULT, what() + ": no local buffer");
         }
         for (const auto& s : segs) {
             Domain* d = core_->find_locked(s.domid);
@@ -93,74 +120,209 @@ public:
     }
 
 protected:
-    void unmap(std::byte* addr, std::uint32_t pages) noexcept override { release(addr, pages, true); }
+    void unmap(std::byte* addr, std::uint32_t pages) noexcept override {
+        // Without a cookie: the latest live mapping at `addr` of `pages`.
+        std::uint64_t cookie = 0;
+        {
+            std::lock_guard lk(mu_);
+            for (std::size_t i = 0; i < slots_.size(); ++i)
+                if (slots_[i].live && slots_[i].addr == addr && slots_[i].refs.size() == pages) cookie = i + 1;
+        }
+        if (cookie) release(cookie, true);
+    }
+    void unmap_cookie(std::byte* addr, std::uint32_t pages, std::uint64_t cookie) noexcept override {
+        if (cookie == 0) return unmap(addr, pages);
+        release(cookie, true);
+    }
 
 private:
     /// Xen's per-ref checks (grant_table.c map_grant_ref / gnttab_copy).
-    Result<void> check_ref(const Domain& d, GrantRef ref, bool writable, const std::string& what) const {
-        if (ref >= d.grants.size() || !d.grants[ref].in_use)
-            return errno_error(EINVAL, what + ": ref is not granted");
+    RefFault check_ref(const Domain& d, GrantRef ref, bool writable) const {
+        if (ref >= d.grants.size() || !d.grants[ref].in_use) return RefFault::NotGranted;
         const GrantEntry& e = d.grants[ref];
-        if (e.revoked) return errno_error(EINVAL, what + ": ref was revoked");
-        if (e.to != core_->opts.self_domid)
-            return errno_error(EINVAL, what + ": ref is granted to " + dom_name(e.to) + ", not to " +
-                                           dom_name(core_->opts.self_domid));
-        if (writable && e.readonly) return errno_error(EPERM, what + ": ref is read-only, writable access refused");
-        if (e.gfn >= d.pages) return errno_error(EINVAL, what + ": frame outside guest RAM");
+        if (e.revoked) return RefFault::Revoked;
+        if (e.to != core_->opts.self_domid) return RefFault::OtherDomain;
+        if (writable && e.readonly) return RefFault::ReadOnly;
+        if (e.gfn >= d.pages) return RefFault::OutsideRam;
+        return RefFault::None;
+    }
+    Error ref_error(RefFault f, const Domain& d, GrantRef ref, const std::string& what) const {
+        switch (f) {
+            case RefFault::NotGranted: return errno_error(EINVAL, what + ": ref is not granted");
+            case RefFault::Revoked: return errno_error(EINVAL, what + ": ref was revoked");
+            case RefFault::OtherDomain:
+                return errno_error(EINVAL, what + ": ref is granted to " + dom_name(d.grants[ref].to) + ", not to " +
+                                               dom_name(core_->opts.self_domid));
+            case RefFault::ReadOnly: return errno_error(EPERM, what + ": ref is read-only, writable access refused");
+            case RefFault::OutsideRam: return errno_error(EINVAL, what + ": frame outside guest RAM");
+            case RefFault::None: break;
+        }
+        return errno_error(EINVAL, what);
+    }
+
+    /// Restriction, XSM and liveness checks; `what` is only built for an error.
+    template <class What>
+    Result<void> checks_locked(DomId domid, const What& what) const {
+        if (!core_->check_restrict_locked(domid, std::nullopt, "") || !core_->check_xsm_locked(domid, "") ||
+            !core_->live_locked(domid, "")) {
+            const std::string w = what();
+            XV_TRY(core_->check_restrict_locked(domid, std::nullopt, w.c_str()));
+            XV_TRY(core_->check_xsm_locked(domid, w.c_str()));
+            auto dr = core_->live_locked(domid, w.c_str());
+            if (!dr) return std::move(dr).error();
+        }
         return ok();
     }
 
-    Result<GrantMapping> do_map(DomId domid, std::span<const GrantRef> refs, bool writable) {
-        std::string what = "map " + std::to_string(refs.size()) + " grant refs of " + dom_name(domid);
-        if (refs.empty()) return errno_error(EINVAL, what + ": no refs");
-        if (refs.size() > kMaxBatch) return errno_error(E2BIG, what + ": too many refs");
+    Result<void> map_counted(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
+        auto r = do_map(domid, refs, entries);
+        std::lock_guard lk(mu_);
+        ++stats_.map_calls;
+        ++core_->stats.grant_map_calls;
+        if (!r) ++stats_.map_failures;
+        return r;
+    }
+
+    Result<void> do_map(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
+        std::size_t total = 0;
+        for (auto& e : entries) {
+            e.ro_addr = e.rw_addr = nullptr;
+            e.map.reset();
+            e.map2.reset();
+            total += std::size_t(e.ro) + e.rw;
+        }
+        auto what = [&] { return "map " + std::to_string(total) + " grant refs of " + dom_name(domid); };
+        if (total == 0) return errno_error(EINVAL, what() + ": no refs");
+        if (total > kMaxBatch) return errno_error(E2BIG, what() + ": too many refs");
+        if (total > refs.size()) return errno_error(EINVAL, what() + ": entries name more refs than given");
+        refs = refs.first(total);
         std::shared_ptr<Domain> dom;
-        std::vector<std::uint64_t> gfns(refs.size());
+        thread_local std::vector<std::uint64_t> gfns;
+        gfns.resize(total);
         {
             std::lock_guard lk(core_->mu);
-            XV_TRY(core_->check_restrict_locked(domid, std::nullopt, what.c_str()));
-            XV_TRY(core_->check_xsm_locked(domid, what.c_str()));
-            auto dr = core_->live_locked(domid, what.c_str());
-            if (!dr) return std::move(dr).error();
-            Domain& d = **dr;
-            for (std::size_t i = 0; i < refs.size(); ++i)
-                XV_TRY(check_ref(d, refs[i], writable, what + ", ref " + std::to_string(refs[i])));
-            for (std::size_t i = 0; i < refs.size(); ++i) {
+            XV_TRY(checks_locked(domid, what));
+            auto it = core_->domains.find(domid);
+            Domain& d = *it->second;
+            std::size_t at = 0;
+            for (const auto& e : entries) {
+                for (std::uint32_t i = 0; i < e.ro + e.rw; ++i, ++at) {
+                    const bool writable = i >= e.ro;
+                    if (auto f = check_ref(d, refs[at], writable); f != RefFault::None)
+                        return ref_error(f, d, refs[at], what() + ", ref " + std::to_string(refs[at]));
+                }
+            }
+            for (std::size_t i = 0; i < total; ++i) {
                 ++d.grants[refs[i]].map_count;
                 gfns[i] = d.grants[refs[i]].gfn;
             }
-            d.mapped_pages += refs.size();
-            dom = core_->domains[domid];
+            d.mapped_pages += total;
+            dom = it->second;
         }
-        std::byte* addr = nullptr;
-        bool mmapped = false;
-        bool contiguous = true;
-        for (std::size_t i = 1; i < gfns.size(); ++i)
-            if (gfns[i] != gfns[0] + i) contiguous = false;
-        if (!core_->opts.protect_pages && contiguous) {
-            addr = dom->mem + gfns[0] * kPageSize;
-        } else {
-            auto m = mmap_pages(*dom, gfns, writable);
-            if (!m) {
-                undo(domid, refs);
-                return errno_error(m.error().code.value(), what + ": " + m.error().message);
+        // Place every part: a view into premapped guest RAM when its frames
+        // are contiguous (RW: the guest's own RW mapping; RO: a PROT_READ
+        // view), or, with protect_pages, an mmap of exactly its frames.
+        struct Placed {
+            std::byte* addr[2] = {nullptr, nullptr};
+            bool own[2] = {false, false};
+        };
+        thread_local std::vector<Placed> placed;
+        placed.assign(entries.size(), Placed{});
+        std::byte* ro_base = nullptr;
+        std::size_t at = 0;
+        for (std::size_t k = 0; k < entries.size(); ++k) {
+            for (int part = 0; part < 2; ++part) {
+                const std::uint32_t n = part == 0 ? entries[k].ro : entries[k].rw;
+                if (n == 0) continue;
+                const std::span<const std::uint64_t> g(gfns.data() + at, n);
+                at += n;
+                bool contiguous = true;
+                for (std::size_t i = 1; i < n; ++i)
+                    if (g[i] != g[0] + i) contiguous = false;
+                if (!core_->opts.protect_pages && contiguous) {
+                    if (part == 1) {
+                        placed[k].addr[1] = dom->mem + g[0] * kPageSize;
+                    } else {
+                        if (!ro_base) ro_base = ro_view(dom);
+                        if (ro_base) placed[k].addr[0] = ro_base + g[0] * kPageSize;
+                    }
+                }
+                if (!placed[k].addr[part]) {
+                    auto m = mmap_pages(*dom, g, part == 1);
+                    if (!m) {
+                        for (std::size_t j = 0; j <= k; ++j)
+                            for (int p = 0; p < 2; ++p)
+                                if (placed[j].own[p])
+                                    ::munmap(placed[j].addr[p],
+                                             std::size_t(p == 0 ? entries[j].ro : entries[j].rw) * kPageSize);
+                        undo(domid, refs);
+                        return errno_error(m.error().code.value(), what() + ": " + m.error().message);
+                    }
+                    placed[k].addr[part] = *m;
+                    placed[k].own[part] = true;
+                }
             }
-            addr = *m;
-            mmapped = true;
         }
         {
             std::lock_guard lk(mu_);
-            records_.emplace(addr, MapRecord{std::move(dom), {refs.begin(), refs.end()}, mmapped});
-            stats_.pages_mapped += refs.size();
+            std::size_t pos = 0;
+            for (std::size_t k = 0; k < entries.size(); ++k) {
+                GrantBatchEntry& e = entries[k];
+                if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
+                std::uint32_t slot;
+                if (!free_.empty()) {
+                    slot = free_.back();
+                    free_.pop_back();
+                } else {
+                    slot = std::uint32_t(slots_.size());
+                    slots_.emplace_back();
+                }
+                MapRecord& rec = slots_[slot];
+                rec.dom = dom;
+                rec.refs.assign(refs.begin() + std::ptrdiff_t(pos), refs.begin() + std::ptrdiff_t(pos + e.ro + e.rw));
+                pos += std::size_t(e.ro) + e.rw;
+                for (int p = 0; p < 2; ++p) {
+                    rec.own[p] = placed[k].own[p] ? placed[k].addr[p] : nullptr;
+                    rec.own_pages[p] = p == 0 ? e.ro : e.rw;
+                }
+                rec.addr = e.ro ? placed[k].addr[0] : placed[k].addr[1];
+                rec.live = true;
+                e.ro_addr = placed[k].addr[0];
+                e.rw_addr = placed[k].addr[1];
+                e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
+            }
+            stats_.pages_mapped += total;
         }
-        core_->stats.grant_pages_mapped += refs.size();
-        core_->res.mapped_grant_pages += refs.size();
-        return GrantMapping(this, addr, std::uint32_t(refs.size()), writable);
+        core_->stats.grant_pages_mapped += total;
+        core_->res.mapped_grant_pages += total;
+        return ok();
+    }
+
+    /// The PROT_READ view of `dom`'s RAM, made on first use (nullptr if
+    /// it cannot be made: the caller then mmaps the frames).
+    std::byte* ro_view(const std::shared_ptr<Domain>& dom) {
+        std::lock_guard lk(mu_);
+        for (auto it = views_.begin(); it != views_.end();) {
+            auto v = it->dom.lock();
+            if (v == dom) return it->base;
+            if (!v) {
+                // The domain is gone: its view goes with it.
+                ::munmap(it->base, it->len);
+                it = views_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        const std::size_t len = dom->pages * kPageSize;
+        void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, dom->memfd, 0);
+        if (p == MAP_FAILED) return nullptr;
+        views_.push_back(RoView{dom, static_cast<std::byte*>(p), len});
+        return static_cast<std::byte*>(p);
     }
 
     /// Reserves a range and maps each run of consecutive frames over it
     /// with the protection Xen would give (GNTMAP_readonly -> PROT_READ).
-    static Result<std::byte*> mmap_pages(const Domain& d, const std::vector<std::uint64_t>& gfns, bool writable) {
+    static Result<std::byte*> mmap_pages(const Domain& d, std::span<const std::uint64_t> gfns, bool writable) {
         std::size_t len = gfns.size() * kPageSize;
         void* base = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED) return errno_error(errno, "reserve address space");
@@ -198,40 +360,44 @@ private:
         if (e.revoked && e.map_count == 0) e = GrantEntry{};
     }
 
-    void release(std::byte* addr, std::uint32_t pages, bool count_call) noexcept {
-        MapRecord rec;
+    void release(std::uint64_t cookie, bool count_call) noexcept {
+        std::shared_ptr<Domain> dom;
+        thread_local std::vector<GrantRef> refs;
+        std::byte* own[2];
+        std::uint32_t own_pages[2];
         {
             std::lock_guard lk(mu_);
-            // Several fast-path mappings of the same frames share an address:
-            // release the latest one with this size. (Known limit: if two
-            // different refs grant the same frames and both are fast-path
-            // mapped, the map counts may be released on the other ref.)
-            auto [lo, hi] = records_.equal_range(addr);
-            auto found = records_.end();
-            for (auto it = lo; it != hi; ++it)
-                if (it->second.refs.size() == pages) found = it;
-            if (found == records_.end()) return;
-            rec = std::move(found->second);
-            records_.erase(found);
-            stats_.pages_unmapped += pages;
+            const std::size_t slot = cookie - 1;
+            if (slot >= slots_.size() || !slots_[slot].live) return;
+            MapRecord& rec = slots_[slot];
+            dom = std::move(rec.dom);
+            refs.swap(rec.refs);  // both keep their capacity
+            rec.refs.clear();
+            for (int p = 0; p < 2; ++p) own[p] = rec.own[p], own_pages[p] = rec.own_pages[p];
+            rec.live = false;
+            free_.push_back(std::uint32_t(slot));
+            stats_.pages_unmapped += refs.size();
             if (count_call) ++stats_.unmap_calls;
         }
         if (count_call) ++core_->stats.grant_unmap_calls;
-        core_->res.mapped_grant_pages -= pages;
-        if (rec.mmapped) ::munmap(addr, std::size_t(pages) * kPageSize);
+        core_->res.mapped_grant_pages -= refs.size();
+        for (int p = 0; p < 2; ++p)
+            if (own[p]) ::munmap(own[p], std::size_t(own_pages[p]) * kPageSize);
         std::lock_guard lk(core_->mu);
-        Domain& d = *rec.dom;
-        for (GrantRef r : rec.refs) unref_locked(d, r);
-        d.mapped_pages -= rec.refs.size();
+        Domain& d = *dom;
+        for (GrantRef r : refs) unref_locked(d, r);
+        d.mapped_pages -= refs.size();
         // The last unmap of a destroyed domain's grants releases the zombie.
         auto it = core_->domains.find(d.id);
-        if (it != core_->domains.end() && it->second == rec.dom) core_->maybe_release_locked(d.id);
+        if (it != core_->domains.end() && it->second == dom) core_->maybe_release_locked(d.id);
     }
 
     std::shared_ptr<Core> core_;
-    mutable std::mutex mu_;
+    mutable std::mutex mu_;  ///< guards stats_, slots_, free_, views_
     GrantStats stats_;
-    std::multimap<std::byte*, MapRecord> records_;
+    std::vector<MapRecord> slots_;
+    std::vector<std::uint32_t> free_;
+    std::vector<RoView> views_;
 };
 
 }  // namespace

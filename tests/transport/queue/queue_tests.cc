@@ -127,7 +127,7 @@ TEST_F(QueueTest, RingsMappedOnceAndReleasedAtDestruction) {
     EXPECT_EQ(h_->guest->mapped_refs(), 0u);
 }
 
-TEST_F(QueueTest, OneMapCallPerDirectionPerChain) {
+TEST_F(QueueTest, OneMapCallAndOneUnmapCallPerChain) {
     auto d = driver({.size = 16});
     auto q = queue(*d);
     auto req = d->chain().readable(100).readable(5000).readable(3).writable(10).writable(8192).writable(1).submit();
@@ -135,14 +135,41 @@ TEST_F(QueueTest, OneMapCallPerDirectionPerChain) {
     auto before = gstats();
     auto c = pop_one(*q);
     auto mid = gstats();
-    EXPECT_EQ(mid.map_calls - before.map_calls, 2u);
+    // RO and RW pages of the chain in ONE batched call (per-ref protection).
+    EXPECT_EQ(mid.map_calls - before.map_calls, 1u);
     EXPECT_EQ(mid.pages_mapped - before.pages_mapped, 1u + 2u + 1u + 1u + 2u + 1u);
     EXPECT_EQ(c.readable_segments().size(), 3u);
     EXPECT_EQ(c.writable_segments().size(), 3u);
     EXPECT_EQ(c.readable_bytes(), 5103u);
+    // The device-readable buffers are mapped read-only, in chain order.
+    std::memset(req->buf(0).bytes().data(), 'r', 100);
+    EXPECT_EQ(c.readable_segments()[0][99], std::byte{'r'});
+    c.writable_segments()[2][0] = std::byte{'w'};
+    EXPECT_EQ(req->buf(5).bytes()[0], std::byte{'w'});
     q->complete(std::move(c), 0);
     auto after = gstats();
-    EXPECT_EQ(after.unmap_calls - mid.unmap_calls, 2u);
+    EXPECT_EQ(after.unmap_calls - mid.unmap_calls, 1u);
+    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
+}
+
+TEST_F(QueueTest, PopBatchSplitsTheGrantCallAtThePageLimit) {
+    auto d = driver({.size = 32});
+    auto q = queue(*d);
+    h_->mem->set_max_pages_per_map(4);  // 2 * 4 pages per call at most
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(d->chain().readable(16).writable(4096).writable(1).submit());
+    auto before = gstats();
+    std::vector<DescriptorChain> out;
+    auto n = q->pop_batch(16, out);
+    ASSERT_TRUE(n) << n.error().describe();
+    ASSERT_EQ(*n, 5u);
+    // 3 pages per chain: two chains per call, then the last one.
+    EXPECT_EQ(gstats().map_calls - before.map_calls, 3u);
+    for (auto& c : out) {
+        EXPECT_EQ(c.readable_bytes(), 16u);
+        EXPECT_EQ(c.writable_bytes(), 4097u);
+        EXPECT_EQ(c.writable_segments().size(), 2u);
+        q->push(std::move(c), 0);
+    }
     EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
 }
 
@@ -157,26 +184,6 @@ TEST_F(QueueTest, ReadOnlyChainMapsOnceWriteOnlyChainMapsOnce) {
         EXPECT_EQ(gstats().map_calls - before.map_calls, 1u);
         q->complete(std::move(c), 0);
     }
-}
-
-TEST_F(QueueTest, StraddlingShortBufferUsesTwoConsecutiveRefs) {
-    auto d = driver({.size = 8});
-    auto q = queue(*d);
-    // 16 bytes at offset 4088: 8 bytes in one page, 8 in the next.
-    auto req = d->chain().at_offset(4088).readable("ABCDEFGHIJKLMNOP").writable(1).submit();
-    ASSERT_TRUE(req);
-    auto before = gstats();
-    auto c = pop_one(*q);
-    EXPECT_EQ(gstats().pages_mapped - before.pages_mapped, 3u);  // 2 RO + 1 RW
-    ASSERT_EQ(c.readable_segments().size(), 1u);
-    EXPECT_EQ(c.readable_segments()[0].size(), 16u);
-    EXPECT_EQ(std::memcmp(c.readable_segments()[0].data(), "ABCDEFGHIJKLMNOP", 16), 0);
-    // Both refs of the buffer are held by the backend while the chain lives.
-    EXPECT_EQ(h_->guest->end_access(req->buf(0).ref()).error().code, std::errc::device_or_resource_busy);
-    EXPECT_EQ(h_->guest->end_access(req->buf(0).ref() + 1).error().code, std::errc::device_or_resource_busy);
-    q->complete(std::move(c), 0);
-    EXPECT_TRUE(h_->guest->end_access(req->buf(0).ref()));
-    EXPECT_TRUE(h_->guest->end_access(req->buf(0).ref() + 1));
 }
 
 TEST_F(QueueTest, ZeroLengthDescriptorInsideChainIsSkipped) {
@@ -271,13 +278,6 @@ TEST_F(QueueTest, AvailIdxExactlyQueueSizeAhead) {
     EXPECT_TRUE(h_->fatal.empty());
 }
 
-TEST_F(QueueTest, WritableBeforeReadableRejected) {
-    auto d = driver({.size = 8});
-    auto q = queue(*d);
-    ASSERT_TRUE(d->chain().writable(8).readable("late").submit());
-    expect_broken(*q, "§2.7.4.2");
-}
-
 TEST_F(QueueTest, UnknownFlagsRejected) {
     auto d = driver({.size = 8});
     auto q = queue(*d);
@@ -299,18 +299,6 @@ TEST_F(QueueTest, EmptyChainRejected) {
     expect_broken(*q, "empty");
 }
 
-TEST_F(QueueTest, LengthSumOver32BitsRejected) {
-    auto d = driver({.size = 8});
-    auto q = queue(*d);
-    auto a = d->alloc(16, true);
-    ASSERT_TRUE(a);
-    // 0x80000000 + 0x80000000 = 2^32: one byte too many. Never mapped.
-    auto before = gstats();
-    ASSERT_TRUE(d->chain().raw(a->dma, 0x80000000u, false).raw(a->dma, 0x80000000u, true).submit());
-    expect_broken(*q, "2^32");
-    EXPECT_EQ(gstats().map_calls, before.map_calls);
-}
-
 TEST_F(QueueTest, NonGrantBufferAddressRefused) {
     auto d = driver({.size = 8});
     auto q = queue(*d);
@@ -318,28 +306,6 @@ TEST_F(QueueTest, NonGrantBufferAddressRefused) {
     expect_broken(*q, "not a grant address");
     EXPECT_EQ(h_->fatal[0].code, std::errc::operation_not_permitted);
     EXPECT_EQ(h_->hv->stats().foreign_ram_maps, 0u);
-}
-
-TEST_F(QueueTest, DeviceWritableDescriptorOnReadOnlyGrantFails) {
-    auto d = driver({.size = 8});
-    auto q = queue(*d);
-    auto ro = d->alloc(64, true);
-    ASSERT_TRUE(ro);
-    ASSERT_TRUE(d->chain().readable("hdr").add(*ro, true).submit());
-    expect_broken(*q, "device-writable");
-    EXPECT_EQ(h_->fatal[0].code, std::errc::operation_not_permitted);
-    // Nothing stays mapped from the failed chain (the RO half is released).
-    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
-}
-
-TEST_F(QueueTest, RevokedGrantFails) {
-    auto d = driver({.size = 8});
-    auto q = queue(*d);
-    auto req = d->chain().readable("hdr").writable(16).submit();
-    ASSERT_TRUE(req);
-    h_->guest->revoke(req->buf(1).ref());  // not mapped: freed at once
-    expect_broken(*q, "not granted");
-    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
 }
 
 TEST_F(QueueTest, ChainsLeftAfterBreakAreNotReturned) {
@@ -367,7 +333,7 @@ TEST_F(QueueTest, IndirectChain) {
     auto before = gstats();
     auto c = pop_one(*q);
     auto mid = gstats();
-    EXPECT_EQ(mid.map_calls - before.map_calls, 3u);  // table RO, then one RO + one RW
+    EXPECT_EQ(mid.map_calls - before.map_calls, 2u);  // table RO, then the chain (RO + RW pages) in one call
     EXPECT_EQ(mid.unmap_calls - before.unmap_calls, 1u);  // the table is released once walked
     EXPECT_EQ(c.readable_bytes(), 16u);
     EXPECT_EQ(c.writable_bytes(), 4097u);
@@ -715,7 +681,7 @@ TEST_F(QueueTest, SmallReadablePartIsGrantCopiedOncePerBatch) {
     auto after = gstats();
     EXPECT_EQ(after.copy_calls - before.copy_calls, 1u);
     EXPECT_EQ(after.copy_segments - before.copy_segments, 9u);  // 8 headers, one straddling
-    EXPECT_EQ(after.map_calls - before.map_calls, 8u + 2u);     // RW per copied chain; RO+RW for the last
+    EXPECT_EQ(after.map_calls - before.map_calls, 1u);          // every chain's mapped part in one call
     for (int i = 0; i < 8; ++i) {
         EXPECT_TRUE(out[i].readable_copied());
         std::string hdr = "header-" + std::to_string(i) + "-padding";
@@ -900,13 +866,6 @@ TEST_F(QueueTest, PackedUnknownFlagsRejected) {
     expect_broken(*q, "unknown flags");
 }
 
-TEST_F(QueueTest, PackedWritableBeforeReadableRejected) {
-    auto d = driver({.size = 8, .packed = true});
-    auto q = queue(*d);
-    ASSERT_TRUE(d->chain().writable(8).readable("x").submit());
-    expect_broken(*q, "§2.7.4.2");
-}
-
 TEST_F(QueueTest, PackedNotAvailableUntilHeadFlagsWritten) {
     auto d = driver({.size = 8, .packed = true});
     auto q = queue(*d);
@@ -995,15 +954,6 @@ TEST_F(QueueTest, PackedDeviceEventSuppression) {
     q->complete(pop_one(*q), 0);
 }
 
-TEST_F(QueueTest, PackedRevokedGrantFails) {
-    auto d = driver({.size = 8, .packed = true});
-    auto q = queue(*d);
-    auto r = d->chain().readable("x").writable(8).submit();
-    ASSERT_TRUE(r);
-    h_->guest->revoke(r->buf(0).ref());
-    expect_broken(*q, "not granted");
-}
-
 TEST_F(QueueTest, PackedRingMapsReleased) {
     auto d = driver({.size = 8, .packed = true});
     auto q = queue(*d);
@@ -1047,6 +997,123 @@ TEST_F(QueueTest, GuestMemoryRefRangePast32BitsRefused) {
     auto area = h_->mem->map_area(xen::grant_dma::kFlag | (1ULL << 40 << 12), 16, true);
     EXPECT_FALSE(area);  // ref beyond 32 bits
     EXPECT_FALSE(h_->mem->map_area(xen::grant_dma::kFlag, 0, true));  // empty area
+}
+
+// --- spec rules on both ring layouts (split §2.7, packed §2.8) --------------------
+
+/// The rules that hold for split and packed rings alike; the parameter is
+/// `packed`.
+class RingRules : public QueueTest, public ::testing::WithParamInterface<bool> {
+protected:
+    std::unique_ptr<VirtqueueDriver> ring(std::uint16_t size) { return driver({.size = size, .packed = GetParam()}); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Layouts, RingRules, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "packed" : "split"; });
+
+// xen-facts §1.1: a short buffer can straddle two pages: consecutive refs.
+TEST_P(RingRules, StraddlingShortBufferUsesTwoConsecutiveRefs) {
+    auto d = ring(8);
+    auto q = queue(*d);
+    // 16 bytes at offset 4088: 8 bytes in one page, 8 in the next.
+    auto req = d->chain().at_offset(4088).readable("ABCDEFGHIJKLMNOP").writable(1).submit();
+    ASSERT_TRUE(req);
+    auto before = gstats();
+    auto c = pop_one(*q);
+    EXPECT_EQ(gstats().pages_mapped - before.pages_mapped, 3u);  // 2 RO + 1 RW
+    ASSERT_EQ(c.readable_segments().size(), 1u);
+    EXPECT_EQ(c.readable_segments()[0].size(), 16u);
+    EXPECT_EQ(std::memcmp(c.readable_segments()[0].data(), "ABCDEFGHIJKLMNOP", 16), 0);
+    // Both refs of the buffer are held by the backend while the chain lives.
+    EXPECT_EQ(h_->guest->end_access(req->buf(0).ref()).error().code, std::errc::device_or_resource_busy);
+    EXPECT_EQ(h_->guest->end_access(req->buf(0).ref() + 1).error().code, std::errc::device_or_resource_busy);
+    q->complete(std::move(c), 0);
+    EXPECT_TRUE(h_->guest->end_access(req->buf(0).ref()));
+    EXPECT_TRUE(h_->guest->end_access(req->buf(0).ref() + 1));
+}
+
+// virtio 1.2 §2.7.4.2 / §2.8.4.2: device-writable descriptors come last.
+TEST_P(RingRules, WritableBeforeReadableRejected) {
+    auto d = ring(8);
+    auto q = queue(*d);
+    ASSERT_TRUE(d->chain().writable(8).readable("late").submit());
+    expect_broken(*q, "§2.7.4.2");
+    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
+}
+
+// virtio 1.2 §2.7.5.2 / §2.8.5: the lengths of a chain sum to less than 2^32.
+TEST_P(RingRules, LengthSumOver32BitsRejected) {
+    auto d = ring(8);
+    auto q = queue(*d);
+    auto a = d->alloc(16, true);
+    ASSERT_TRUE(a);
+    // 0x80000000 + 0x80000000 = 2^32: one byte too many. Never mapped.
+    auto before = gstats();
+    ASSERT_TRUE(d->chain().raw(a->dma, 0x80000000u, false).raw(a->dma, 0x80000000u, true).submit());
+    expect_broken(*q, "2^32");
+    EXPECT_EQ(gstats().map_calls, before.map_calls);
+}
+
+// xen-facts §1.1: a buffer granted read-only cannot be device-writable.
+TEST_P(RingRules, DeviceWritableDescriptorOnReadOnlyGrantFails) {
+    auto d = ring(8);
+    auto q = queue(*d);
+    auto ro = d->alloc(64, true);
+    ASSERT_TRUE(ro);
+    ASSERT_TRUE(d->chain().readable("hdr").add(*ro, true).submit());
+    expect_broken(*q, "device-writable");
+    EXPECT_EQ(h_->fatal[0].code, std::errc::operation_not_permitted);
+    // Nothing stays mapped from the failed chain (its RO part neither).
+    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
+}
+
+// A revoked grant fails the map; the queue breaks, nothing stays mapped.
+TEST_P(RingRules, RevokedGrantFails) {
+    auto d = ring(8);
+    auto q = queue(*d);
+    auto req = d->chain().readable("hdr").writable(16).submit();
+    ASSERT_TRUE(req);
+    h_->guest->revoke(req->buf(1).ref());  // not mapped: freed at once
+    expect_broken(*q, "not granted");
+    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
+}
+
+// One grant map call for every chain popped together; each chain is
+// unmapped on its own, right before its used entry is published.
+TEST_P(RingRules, PopBatchMapsAllChainsInOneCallAndUnmapsEachAtItsCompletion) {
+    auto d = ring(32);
+    auto q = queue(*d);
+    std::vector<Submitted> reqs;
+    for (int i = 0; i < 8; ++i) {
+        auto r = d->chain().readable(16).writable(4096).writable(1).submit();
+        ASSERT_TRUE(r);
+        reqs.push_back(*r);
+    }
+    auto before = gstats();
+    std::vector<DescriptorChain> out;
+    auto n = q->pop_batch(16, out);
+    ASSERT_TRUE(n) << n.error().describe();
+    ASSERT_EQ(*n, 8u);
+    EXPECT_EQ(gstats().map_calls - before.map_calls, 1u);  // one call for all 8 chains
+    for (int i = 0; i < 8; ++i) {
+        ASSERT_EQ(out[i].writable_segments().size(), 2u);
+        out[i].writable_segments()[1][0] = std::byte(0x40 + i);
+    }
+    for (int i = 0; i < 8; ++i) {
+        // Chain i is unmapped before its used entry exists; the later ones stay mapped.
+        q->push(std::move(out[i]), 1);
+        EXPECT_EQ(gstats().unmap_calls - before.unmap_calls, std::uint64_t(i + 1));
+        EXPECT_TRUE(h_->guest->end_access(reqs[i].buf(2).ref())) << "chain " << i;
+        if (i + 1 < 8) {
+            EXPECT_EQ(h_->guest->end_access(reqs[i + 1].buf(2).ref()).error().code,
+                      std::errc::device_or_resource_busy);
+        }
+        auto u = d->next_used();
+        ASSERT_TRUE(u);
+        EXPECT_EQ(u->id, reqs[i].id);
+        EXPECT_EQ(reqs[i].buf(2).bytes()[0], std::byte(0x40 + i));
+    }
+    EXPECT_EQ(h_->grants->pages_in_use(), d->ring_refs());
 }
 
 }  // namespace

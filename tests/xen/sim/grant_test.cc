@@ -347,5 +347,124 @@ TEST_F(GrantFixture, MoveAndResetUnmapExactlyOnce) {
     EXPECT_EQ(mapper->stats().unmap_calls, 2u);
 }
 
+TEST_F(GrantDeathTest, ReadOnlyViewFaultsOnWriteWithoutPageProtection) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    SimOptions o;
+    o.protect_pages = false;
+    make(o);
+    // Contiguous frames are handed out as views of premapped guest RAM; the
+    // RO view is PROT_READ, so RO protection stays real.
+    auto dma = g->alloc_dma(2 * kPageSize, 0, true);
+    ASSERT_TRUE(dma);
+    std::memset(g->dma_ptr(*dma), 0x5a, 2 * kPageSize);
+    GrantRef first = GrantRef(grant_dma::first_ref(*dma));
+    GrantRef refs[] = {first, first + 1};
+    auto m = mapper->map(domid, refs, false);
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->data(), g->dma_ptr(*dma));  // not the guest's RW mapping
+    volatile std::byte* p = m->data();
+    std::byte seen = p[kPageSize + 7];
+    EXPECT_EQ(seen, std::byte{0x5a});
+    g->dma_ptr(*dma)[3] = std::byte{0x11};  // the guest's writes show through
+    seen = p[3];
+    EXPECT_EQ(seen, std::byte{0x11});
+    EXPECT_DEATH({ p[kPageSize] = std::byte{8}; }, "");
+}
+
+/// Three chains' worth of refs: RO page + RW page each.
+struct BatchFixture : GrantFixture {
+    void SetUp() override {
+        SimOptions o;
+        o.protect_pages = protect_pages_;
+        make(o);
+        for (int i = 0; i < 3; ++i) {
+            ro.push_back(page(true, std::uint8_t(0x10 + i)));
+            rw.push_back(page(false, std::uint8_t(0x20 + i)));
+            refs.push_back(ro.back());
+            refs.push_back(rw.back());
+            entries[i].ro = 1;
+            entries[i].rw = 1;
+        }
+    }
+    bool protect_pages_ = false;
+    std::vector<GrantRef> ro, rw, refs;
+    GrantBatchEntry entries[3];
+};
+
+TEST_F(BatchFixture, MapBatchIsOneCallAndEntriesReleaseOnTheirOwn) {
+    ASSERT_TRUE(mapper->map_batch(domid, refs, entries));
+    EXPECT_EQ(mapper->stats().map_calls, 1u);
+    EXPECT_EQ(mapper->pages_in_use(), 6u);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(entries[i].ro_addr[5], std::byte(0x10 + i));
+        EXPECT_EQ(entries[i].rw_addr[5], std::byte(0x20 + i));
+        EXPECT_TRUE(entries[i].map.valid());
+        EXPECT_FALSE(entries[i].map2.valid());  // one handle per entry
+    }
+    entries[1].rw_addr[0] = std::byte{0x77};
+    // A mapped ref cannot be ended; releasing entry 1 frees exactly its refs.
+    EXPECT_FALSE(g->end_access(rw[1]));
+    entries[1].map.reset();
+    EXPECT_EQ(mapper->stats().unmap_calls, 1u);
+    EXPECT_EQ(mapper->pages_in_use(), 4u);
+    EXPECT_TRUE(g->end_access(rw[1]));
+    EXPECT_TRUE(g->end_access(ro[1]));
+    EXPECT_FALSE(g->end_access(rw[0]));
+    EXPECT_FALSE(g->end_access(ro[2]));
+    EXPECT_EQ(entries[0].rw_addr[5], std::byte{0x20});  // the others stay mapped
+    entries[0].map.reset();
+    entries[2].map.reset();
+    EXPECT_EQ(mapper->pages_in_use(), 0u);
+    EXPECT_EQ(mapper->stats().unmap_calls, 3u);
+}
+
+TEST_F(BatchFixture, MapBatchFailsAsAWhole) {
+    g->revoke(rw[2]);  // not mapped: freed at once
+    auto r = mapper->map_batch(domid, refs, entries);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("ref " + std::to_string(rw[2]) + ": ref is not granted"), std::string::npos)
+        << r.error().message;
+    EXPECT_EQ(mapper->pages_in_use(), 0u);
+    for (auto& e : entries) EXPECT_FALSE(e.map.valid());
+    EXPECT_TRUE(g->end_access(rw[0]));  // no map count left behind
+    // A RO ref asked RW fails the batch too.
+    std::vector<GrantRef> bad = {ro[0], ro[1]};
+    GrantBatchEntry e[1];
+    e[0].ro = 1;
+    e[0].rw = 1;
+    auto r2 = mapper->map_batch(domid, bad, e);
+    ASSERT_FALSE(r2);
+    EXPECT_EQ(r2.error().code, std::errc::operation_not_permitted);
+    EXPECT_TRUE(g->end_access(ro[0]));
+}
+
+TEST_F(BatchFixture, DestroyedDomainStaysZombieUntilLastEntryIsReleased) {
+    ASSERT_TRUE(mapper->map_batch(domid, refs, entries));
+    ASSERT_TRUE(hv->destroy_domain(domid));
+    EXPECT_EQ(hv->zombies(), std::vector<DomId>{domid});
+    entries[0].map.reset();
+    entries[1].map.reset();
+    EXPECT_EQ(hv->zombies(), std::vector<DomId>{domid});
+    EXPECT_EQ(entries[2].rw_addr[5], std::byte{0x22});  // memory alive while mapped
+    entries[2].map.reset();
+    EXPECT_TRUE(hv->zombies().empty());
+}
+
+struct ProtectedBatchFixture : BatchFixture {
+    ProtectedBatchFixture() { protect_pages_ = true; }
+};
+
+TEST_F(ProtectedBatchFixture, MapBatchWithPageProtectionMapsExactFrames) {
+    ASSERT_TRUE(mapper->map_batch(domid, refs, entries));
+    EXPECT_EQ(mapper->stats().map_calls, 1u);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(entries[i].ro_addr[5], std::byte(0x10 + i));
+        EXPECT_EQ(entries[i].rw_addr[5], std::byte(0x20 + i));
+    }
+    for (auto& e : entries) e.map.reset();
+    EXPECT_EQ(mapper->pages_in_use(), 0u);
+    EXPECT_TRUE(g->end_access(ro[0]));
+}
+
 }  // namespace
 }  // namespace xv::xen::sim

@@ -116,6 +116,66 @@ Result<void> GuestMemory::map_buffers(std::span<const DmaBuffer> buffers, MapScr
     return ok();
 }
 
+Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMapBatch& batch) const {
+    const std::size_t refs0 = batch.refs_.size();
+    const std::size_t bufs0 = batch.bufs_.size();
+    auto undo = [&] {
+        batch.refs_.resize(refs0);
+        batch.bufs_.resize(bufs0);
+    };
+    batch.rw_tmp_.clear();
+    std::uint32_t ro = 0;
+    for (const DmaBuffer& b : buffers) {
+        auto d = decode(b.addr, b.len, b.device_writable ? "device-writable buffer" : "device-readable buffer");
+        if (!d) {
+            undo();
+            return std::move(d).error();
+        }
+        auto [ref0, pages] = *d;
+        const std::size_t have = b.device_writable ? batch.rw_tmp_.size() : ro;
+        if (pages > max_pages_ - have) {
+            undo();
+            return make_error(std::errc::argument_list_too_long,
+                              fmt::format("dom{}: {} buffers need more than {} {} pages", domid_, buffers.size(),
+                                          max_pages_, b.device_writable ? "RW" : "RO"));
+        }
+        batch.bufs_.push_back(ChainMapBatch::Buf{std::uint32_t(have), gd::offset(b.addr), b.len, b.device_writable});
+        for (std::uint32_t p = 0; p < pages; ++p) {
+            if (b.device_writable)
+                batch.rw_tmp_.push_back(ref0 + p);
+            else
+                batch.refs_.push_back(ref0 + p), ++ro;
+        }
+    }
+    const std::uint64_t pages = std::uint64_t(ro) + batch.rw_tmp_.size();
+    // One call maps at most the page limit in each direction.
+    if (!batch.entries_.empty() && batch.pages_ + pages > 2 * std::uint64_t(max_pages_)) {
+        undo();
+        return false;
+    }
+    batch.refs_.insert(batch.refs_.end(), batch.rw_tmp_.begin(), batch.rw_tmp_.end());
+    batch.first_buf_.push_back(std::uint32_t(bufs0));
+    auto& e = batch.entries_.emplace_back();
+    e.ro = ro;
+    e.rw = std::uint32_t(batch.rw_tmp_.size());
+    batch.pages_ += pages;
+    return true;
+}
+
+Result<void> GuestMemory::map_batch(ChainMapBatch& batch) {
+    if (batch.pages_ == 0) return ok();
+    // One grant call for every chain of the batch: RO for device-readable
+    // pages (the frontend granted them read-only: DMA_TO_DEVICE), RW for
+    // device-writable ones.
+    auto r = mapper_.map_batch(domid_, batch.refs_, batch.entries_);
+    if (!r)
+        return Error{r.error().code,
+                     fmt::format("dom{}: map {} refs of {} chains (device-readable pages RO, device-writable pages "
+                                 "RW): {}",
+                                 domid_, batch.refs_.size(), batch.entries_.size(), r.error().message)};
+    return ok();
+}
+
 Result<void> GuestMemory::add_copy_in(const DmaBuffer& buf, std::byte* dst,
                                       std::vector<xen::GrantCopySegment>& segs) const {
     auto d = decode(buf.addr, buf.len, "device-readable buffer");

@@ -10,9 +10,9 @@ namespace xv::transport {
 
 namespace {
 
-constexpr std::uint16_t kDescNext = 1;
-constexpr std::uint16_t kDescWrite = 2;
-constexpr std::uint16_t kDescIndirect = 4;
+using ring::kDescIndirect;
+using ring::kDescNext;
+using ring::kDescWrite;
 constexpr std::uint16_t kDescAvail = 1 << 7;   // VIRTQ_DESC_F_AVAIL
 constexpr std::uint16_t kDescUsed = 1 << 15;   // VIRTQ_DESC_F_USED
 constexpr std::uint16_t kDescKnown = kDescNext | kDescWrite | kDescIndirect | kDescAvail | kDescUsed;
@@ -30,9 +30,6 @@ static_assert(sizeof(PackedDesc) == 16);
 
 }  // namespace
 
-PackedQueue::PackedQueue(const QueueConfig& cfg, GuestMemory& mem, Strand strand, RaiseFn raise, FatalFn fatal)
-    : QueueCore(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)) {}
-
 Result<std::unique_ptr<Virtqueue>> PackedQueue::create(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
                                                        RaiseFn raise, FatalFn fatal) {
     const std::string& nm = cfg.log_name;
@@ -47,18 +44,11 @@ Result<std::unique_ptr<Virtqueue>> PackedQueue::create(const QueueConfig& cfg, G
                                       "device {:#x} 4)",
                                       nm, cfg.desc_addr, cfg.driver_addr, cfg.device_addr));
     std::unique_ptr<PackedQueue> q(new PackedQueue(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)));
-    auto d = mem.map_area(cfg.desc_addr, 16 * std::uint64_t(cfg.size), true);
-    if (!d) return Error{d.error().code, nm + ": descriptor ring: " + d.error().message};
-    auto drv = mem.map_area(cfg.driver_addr, 4, true);
-    if (!drv) return Error{drv.error().code, nm + ": driver event suppression: " + drv.error().message};
-    auto dev = mem.map_area(cfg.device_addr, 4, true);
-    if (!dev) return Error{dev.error().code, nm + ": device event suppression: " + dev.error().message};
-    q->desc_ = d->first.data();
-    q->driver_evt_ = drv->first.data();
-    q->device_evt_ = dev->first.data();
-    q->desc_map_ = std::move(d->second);
-    q->driver_map_ = std::move(drv->second);
-    q->device_map_ = std::move(dev->second);
+    const RingArea areas[] = {
+        {"descriptor ring", cfg.desc_addr, 16 * std::uint64_t(cfg.size), &q->desc_, &q->desc_map_},
+        {"driver event suppression", cfg.driver_addr, 4, &q->driver_evt_, &q->driver_map_},
+        {"device event suppression", cfg.device_addr, 4, &q->device_evt_, &q->device_map_}};
+    XV_TRY(map_rings(cfg, mem, areas));
     return std::unique_ptr<Virtqueue>(std::move(q));
 }
 

@@ -33,7 +33,7 @@ public:
     bool enable_notifications() override;
 
 private:
-    PackedQueue(const QueueConfig& cfg, GuestMemory& mem, Strand strand, RaiseFn raise, FatalFn fatal);
+    using QueueCore::QueueCore;
 
     Result<bool> parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) override;
     void write_used(std::uint16_t id, std::uint16_t slots, std::uint32_t len) override;

@@ -15,6 +15,16 @@ QueueCore::QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn r
     max_indirect_ = cfg_.max_indirect != 0 ? std::min(cfg_.max_indirect, cfg_.size) : cfg_.size;
 }
 
+Result<void> QueueCore::map_rings(const QueueConfig& cfg, GuestMemory& mem, std::span<const RingArea> areas) {
+    for (const RingArea& a : areas) {
+        auto m = mem.map_area(a.addr, a.len, true);
+        if (!m) return Error{m.error().code, cfg.log_name + ": " + a.what + ": " + m.error().message};
+        *a.ptr = m->first.data();
+        *a.map = std::move(m->second);
+    }
+    return ok();
+}
+
 QueueCore::~QueueCore() {
     if (in_flight_ != 0)
         spdlog::error("{}: queue destroyed with {} chains still in flight (device did not drop them first)", name(),
@@ -47,8 +57,16 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
     if (broken_)
         return make_error(std::errc::io_error, name() + ": queue is broken; the driver must reset the device");
     const std::size_t start = out.size();
-    auto drop_batch = [&] { out.erase(out.begin() + std::ptrdiff_t(start), out.end()); };
+    auto drop_batch = [&] {
+        // The chains are retired by their destructors (broken: no ring write).
+        for (std::size_t k = 0; k < batch_.size(); ++k) batch_.entry(k).map.reset(), batch_.entry(k).map2.reset();
+        batch_.clear();
+        batch_chain_.clear();
+        out.erase(out.begin() + std::ptrdiff_t(start), out.end());
+    };
     segs_.clear();
+    batch_.clear();
+    batch_chain_.clear();
     std::size_t n = 0;
     while (n < max) {
         acc_.clear();
@@ -67,23 +85,30 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
             drop_batch();
             return e;
         }
-        DescriptorChain c;
+        out.emplace_back();
+        DescriptorChain& c = out.back();
         c.queue_ = this;
         c.id_ = id;
         c.slots_ = slots;
         ++in_flight_;
-        auto f = finish(c, segs_);
+        auto f = prepare(out, segs_);
         if (!f) {
             auto e = fail_with(std::move(f).error());
             drop_batch();
-            return e;  // `c` is retired by its destructor (broken: no ring write)
+            return e;
         }
-        out.push_back(std::move(c));
         ++stats_.popped;
         ++n;
     }
+    // One grant map for the whole batch, one grant copy for its small
+    // readable parts.
+    auto m = map_pending(out);
+    if (!m) {
+        auto e = fail_with(std::move(m).error());
+        drop_batch();
+        return e;
+    }
     if (!segs_.empty()) {
-        // One grant copy for the small readable parts of the whole batch.
         auto r = mem_.copy(segs_);
         if (!r) {
             auto e = fail_with(std::move(r).error());
@@ -94,7 +119,8 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
     return n;
 }
 
-Result<void> QueueCore::finish(DescriptorChain& c, std::vector<xen::GrantCopySegment>& segs) {
+Result<void> QueueCore::prepare(std::vector<DescriptorChain>& out, std::vector<xen::GrantCopySegment>& segs) {
+    DescriptorChain& c = out.back();
     c.readable_len_ = std::uint32_t(acc_.readable);
     c.writable_len_ = std::uint32_t(acc_.writable);
     const bool copy =
@@ -116,18 +142,36 @@ Result<void> QueueCore::finish(DescriptorChain& c, std::vector<xen::GrantCopySeg
         to_map = subset_;
         ++stats_.chains_copied;
     }
-    XV_TRY(mem_.map_buffers(to_map, scratch_, mapped_));
-    c.maps_.reserve(mapped_.maps.size());
-    for (auto& m : mapped_.maps) c.maps_.push_back(std::move(m));
-    mapped_.maps.clear();
-    for (std::size_t i = 0; i < to_map.size(); ++i) {
-        auto s = mapped_.spans[i];
-        if (s.empty()) continue;
-        if (to_map[i].device_writable)
-            c.writable_.push_back(s);
-        else
-            c.readable_.emplace_back(s.data(), s.size());
+    if (to_map.empty()) return ok();
+    auto added = mem_.add_chain(to_map, batch_);
+    if (!added) return std::move(added).error();
+    if (!*added) {
+        // The batch is full: map it now, then start a new one with this chain.
+        XV_TRY(map_pending(out));
+        added = mem_.add_chain(to_map, batch_);
+        if (!added) return std::move(added).error();
     }
+    batch_chain_.push_back(out.size() - 1);
+    return ok();
+}
+
+Result<void> QueueCore::map_pending(std::vector<DescriptorChain>& out) {
+    if (batch_.size() == 0) return ok();
+    XV_TRY(mem_.map_batch(batch_));
+    for (std::size_t k = 0; k < batch_.size(); ++k) {
+        DescriptorChain& c = out[batch_chain_[k]];
+        auto& e = batch_.entry(k);
+        c.map_ = std::move(e.map);
+        c.map2_ = std::move(e.map2);
+        batch_.for_each_span(k, [&](std::span<std::byte> s, bool writable) {
+            if (writable)
+                c.writable_.push_back(s);
+            else
+                c.readable_.emplace_back(s.data(), s.size());
+        });
+    }
+    batch_.clear();
+    batch_chain_.clear();
     return ok();
 }
 

@@ -45,6 +45,11 @@ inline void store32(std::byte* p, std::uint32_t v) {
     std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(p)).store(v, std::memory_order_relaxed);
 }
 
+/// Descriptor flags both layouts share (virtio 1.2 §2.7.5, §2.8.13).
+inline constexpr std::uint16_t kDescNext = 1;      // VIRTQ_DESC_F_NEXT
+inline constexpr std::uint16_t kDescWrite = 2;     // VIRTQ_DESC_F_WRITE
+inline constexpr std::uint16_t kDescIndirect = 4;  // VIRTQ_DESC_F_INDIRECT
+
 /// virtio 1.2 §2.7.10 (vring_need_event): notify when the driver's event
 /// index lies in (old, new]: (u16)(new - event - 1) < (u16)(new - old).
 inline bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t old_idx) {
@@ -100,6 +105,18 @@ public:
 protected:
     void abandon(DescriptorChain&& chain) noexcept override;
 
+    /// A ring area the queue maps RW for its lifetime.
+    struct RingArea {
+        const char* what;           ///< "descriptor table", named in errors
+        std::uint64_t addr = 0;     ///< grant DMA address
+        std::uint64_t len = 0;
+        std::byte** ptr = nullptr;  ///< out: the area
+        xen::GrantMapping* map = nullptr;  ///< out: keeps it mapped
+    };
+    /// Maps each area RW in one grant call (the frontend grants its coherent
+    /// ring memory RW, xen-facts §1.1); an error names the queue and the area.
+    static Result<void> map_rings(const QueueConfig& cfg, GuestMemory& mem, std::span<const RingArea> areas);
+
     /// Walks the next available chain into `acc` (and sets id/slots).
     /// false when the ring is empty. An Error names the rule broken.
     virtual Result<bool> parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) = 0;
@@ -117,11 +134,16 @@ protected:
     std::uint64_t in_flight_ = 0;
 
 private:
-    Result<void> finish(DescriptorChain& c, std::vector<xen::GrantCopySegment>& segs);
+    /// Sets up the chain out.back() from acc_: small readable parts become
+    /// grant-copy segments, the rest is added to batch_ (see map_pending()).
+    Result<void> prepare(std::vector<DescriptorChain>& out, std::vector<xen::GrantCopySegment>& segs);
+    /// Maps batch_ in one grant call and hands each entry's mappings and
+    /// spans to its chain (out[pending_first_ ...]).
+    Result<void> map_pending(std::vector<DescriptorChain>& out);
 
     ChainAccumulator acc_;
-    MapScratch scratch_;
-    MappedBuffers mapped_;
+    ChainMapBatch batch_;
+    std::vector<std::size_t> batch_chain_;  ///< per batch_ entry: its chain's index in `out`
     std::vector<DmaBuffer> subset_;
     std::vector<xen::GrantCopySegment> segs_;
     std::vector<DescriptorChain> one_;

@@ -11,9 +11,9 @@ namespace xv::transport {
 
 namespace {
 
-constexpr std::uint16_t kDescNext = 1;      // VIRTQ_DESC_F_NEXT
-constexpr std::uint16_t kDescWrite = 2;     // VIRTQ_DESC_F_WRITE
-constexpr std::uint16_t kDescIndirect = 4;  // VIRTQ_DESC_F_INDIRECT
+using ring::kDescIndirect;
+using ring::kDescNext;
+using ring::kDescWrite;
 constexpr std::uint16_t kDescKnown = kDescNext | kDescWrite | kDescIndirect;
 constexpr std::uint16_t kAvailNoInterrupt = 1;  // VIRTQ_AVAIL_F_NO_INTERRUPT
 constexpr std::uint16_t kUsedNoNotify = 1;      // VIRTQ_USED_F_NO_NOTIFY
@@ -27,9 +27,6 @@ struct Desc {
 static_assert(sizeof(Desc) == 16);
 
 }  // namespace
-
-SplitQueue::SplitQueue(const QueueConfig& cfg, GuestMemory& mem, Strand strand, RaiseFn raise, FatalFn fatal)
-    : QueueCore(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)) {}
 
 Result<std::unique_ptr<Virtqueue>> SplitQueue::create(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
                                                       RaiseFn raise, FatalFn fatal) {
@@ -49,18 +46,10 @@ Result<std::unique_ptr<Virtqueue>> SplitQueue::create(const QueueConfig& cfg, Gu
                                       nm, cfg.desc_addr, cfg.driver_addr, cfg.device_addr));
     std::unique_ptr<SplitQueue> q(new SplitQueue(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)));
     const std::uint64_t n = cfg.size;
-    auto d = mem.map_area(cfg.desc_addr, desc_bytes(n), true);
-    if (!d) return Error{d.error().code, nm + ": descriptor table: " + d.error().message};
-    auto a = mem.map_area(cfg.driver_addr, avail_bytes(n), true);
-    if (!a) return Error{a.error().code, nm + ": avail ring: " + a.error().message};
-    auto u = mem.map_area(cfg.device_addr, used_bytes(n), true);
-    if (!u) return Error{u.error().code, nm + ": used ring: " + u.error().message};
-    q->desc_ = d->first.data();
-    q->avail_ = a->first.data();
-    q->used_ = u->first.data();
-    q->desc_map_ = std::move(d->second);
-    q->avail_map_ = std::move(a->second);
-    q->used_map_ = std::move(u->second);
+    const RingArea areas[] = {{"descriptor table", cfg.desc_addr, desc_bytes(n), &q->desc_, &q->desc_map_},
+                              {"avail ring", cfg.driver_addr, avail_bytes(n), &q->avail_, &q->avail_map_},
+                              {"used ring", cfg.device_addr, used_bytes(n), &q->used_, &q->used_map_}};
+    XV_TRY(map_rings(cfg, mem, areas));
     // The device starts with notifications enabled (used flags 0,
     // avail_event 0) and used idx as found (0 after a reset).
     q->used_idx_ = ring::load16(q->used_ + 2, std::memory_order_relaxed);

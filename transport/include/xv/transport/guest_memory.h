@@ -38,6 +38,55 @@ struct MapScratch {
     std::vector<std::uint32_t> first_page;   ///< per buffer: its first page in ro/rw
 };
 
+/// Chains mapped together in one grant call (GrantMapper::map_batch): each
+/// chain is one entry, its device-readable pages RO followed by its
+/// device-writable pages RW, released on its own. Reused across pops, so
+/// that a warm queue maps without allocating.
+class ChainMapBatch {
+public:
+    /// Forgets every entry (their mappings must have been taken).
+    void clear() noexcept {
+        refs_.clear();
+        entries_.clear();
+        bufs_.clear();
+        first_buf_.clear();
+        pages_ = 0;
+    }
+    /// Entries (chains) added.
+    std::size_t size() const noexcept { return entries_.size(); }
+    /// Pages of all entries.
+    std::uint64_t pages() const noexcept { return pages_; }
+    /// Entry `k` after GuestMemory::map_batch(): its mappings, to move out.
+    xen::GrantBatchEntry& entry(std::size_t k) noexcept { return entries_[k]; }
+    /// Calls f(std::span<std::byte>, bool device_writable) for each non-empty
+    /// buffer of entry `k` in chain order (after GuestMemory::map_batch()).
+    template <class F>
+    void for_each_span(std::size_t k, F&& f) const {
+        const auto& e = entries_[k];
+        for (std::uint32_t i = first_buf_[k]; i < (k + 1 < first_buf_.size() ? first_buf_[k + 1] : bufs_.size()); ++i) {
+            const Buf& b = bufs_[i];
+            if (b.len == 0) continue;
+            std::byte* base = b.rw ? e.rw_addr : e.ro_addr;
+            f(std::span<std::byte>(base + std::size_t(b.page) * xen::kPageSize + b.off, b.len), b.rw);
+        }
+    }
+
+private:
+    friend class GuestMemory;
+    struct Buf {
+        std::uint32_t page = 0;  ///< first page inside its part (RO or RW) of the entry
+        std::uint32_t off = 0;   ///< offset in that page
+        std::uint32_t len = 0;
+        bool rw = false;
+    };
+    std::vector<xen::GrantRef> refs_;  ///< entry after entry: RO refs, then RW refs
+    std::vector<xen::GrantRef> rw_tmp_;
+    std::vector<xen::GrantBatchEntry> entries_;
+    std::vector<Buf> bufs_;
+    std::vector<std::uint32_t> first_buf_;  ///< per entry: its first buffer in bufs_
+    std::uint64_t pages_ = 0;
+};
+
 /// Translates grant DMA addresses of one guest into host mappings.
 /// Holds no mutable state: queues on different strands may share one.
 class GuestMemory {
@@ -72,6 +121,17 @@ public:
 
     /// map_buffers() into `out` (cleared first), reusing `scratch`.
     Result<void> map_buffers(std::span<const DmaBuffer> buffers, MapScratch& scratch, MappedBuffers& out);
+
+    /// Adds one chain's buffers (in chain order) as the next entry of
+    /// `batch`, with map_buffers()'s checks (a chain over the page limit
+    /// per direction: E2BIG). Returns false, adding nothing, when the batch
+    /// is not empty and the chain would take it over the page limit: map
+    /// the batch, then add the chain to a fresh one.
+    Result<bool> add_chain(std::span<const DmaBuffer> buffers, ChainMapBatch& batch) const;
+
+    /// Maps every entry of `batch` in ONE grant call (nothing when it has
+    /// no pages). On an error nothing stays mapped.
+    Result<void> map_batch(ChainMapBatch& batch);
 
     /// Appends to `segs` the grant-copy segments that read `buf` (device-
     /// readable) into `dst` (buf.len bytes); one segment per page touched.

@@ -4,8 +4,11 @@
 //
 // A device never sees a guest address. pop() walks the ring once, validates
 // the chain with every walk bounded, maps all of its buffers through grants
-// in one batch (RO for device-readable, RW for device-writable) and yields a
-// move-only DescriptorChain with bounded Reader/Writer views. The chain goes
+// in one batched call (RO for device-readable, RW for device-writable pages;
+// pop_batch() maps all the chains it pops in that one call, each chain
+// still released on its own) and yields a move-only DescriptorChain with
+// bounded Reader/Writer views. A chain keeps its segments and grant handles
+// inline: popping allocates nothing on a warm queue. The chain goes
 // back to the used ring exactly once (push/complete); its grant mappings
 // are released right before the used entry is published, as Linux requires
 // (drivers/xen/grant-dma-ops.c refuses to end access to a mapped ref).
@@ -18,6 +21,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -42,14 +46,23 @@ class Virtqueue;
 /// The strand a queue's data path runs on.
 using Strand = boost::asio::strand<boost::asio::any_io_executor>;
 
-/// Bounded sequential view over a list of host byte segments.
+/// Segments of a chain kept inline: a chain of up to this many buffers per
+/// direction needs no heap allocation (a virtio-blk request has 1 + 2).
+inline constexpr std::size_t kInlineSegments = 4;
+
+/// A list of host byte segments, inline up to kInlineSegments.
+template <class Byte>
+using SegmentList = boost::container::small_vector<std::span<Byte>, kInlineSegments>;
+
+/// Bounded sequential view over a list of host byte segments (a copy of
+/// the list: the view stays valid when the chain it came from is moved).
 /// Reader reads device-readable buffers; Writer fills device-writable ones.
 template <class Byte>
 class SegmentCursor {
 public:
     using Segment = std::span<Byte>;
     SegmentCursor() = default;
-    explicit SegmentCursor(std::vector<Segment> segs) : segs_(std::move(segs)) {
+    explicit SegmentCursor(std::span<const Segment> segs) : segs_(segs.begin(), segs.end()) {
         for (auto& s : segs_) remaining_ += s.size();
     }
 
@@ -57,12 +70,34 @@ public:
     std::size_t available() const noexcept { return remaining_; }
 
     /// Up to `n` bytes as segments (for readv/writev, io_uring), consumed.
-    std::vector<Segment> take(std::size_t n) {
-        std::vector<Segment> out;
+    SegmentList<Byte> take(std::size_t n) {
+        SegmentList<Byte> out;
+        consume(n, [&](Segment s) { out.push_back(s); });
+        return out;
+    }
+
+    /// Splits off the first `n` bytes (or fewer) into a new cursor; this
+    /// cursor continues after them.
+    SegmentCursor split_at(std::size_t n) {
+        auto t = take(n);
+        return SegmentCursor(std::span<const Segment>(t.data(), t.size()));
+    }
+
+    /// Skips up to `n` bytes; returns how many were skipped.
+    std::size_t skip(std::size_t n) {
+        std::size_t before = remaining_;
+        consume(n, [](Segment) {});
+        return before - remaining_;
+    }
+
+protected:
+    /// Calls f(segment) for up to `n` bytes, consumed (no list built).
+    template <class F>
+    void consume(std::size_t n, F&& f) {
         while (n > 0 && idx_ < segs_.size()) {
             auto& s = segs_[idx_];
             std::size_t k = std::min(n, s.size() - off_);
-            if (k) out.push_back(s.subspan(off_, k));
+            if (k) f(s.subspan(off_, k));
             off_ += k;
             n -= k;
             remaining_ -= k;
@@ -71,22 +106,9 @@ public:
                 off_ = 0;
             }
         }
-        return out;
     }
 
-    /// Splits off the first `n` bytes (or fewer) into a new cursor; this
-    /// cursor continues after them.
-    SegmentCursor split_at(std::size_t n) { return SegmentCursor(take(n)); }
-
-    /// Skips up to `n` bytes; returns how many were skipped.
-    std::size_t skip(std::size_t n) {
-        std::size_t before = remaining_;
-        take(n);
-        return before - remaining_;
-    }
-
-protected:
-    std::vector<Segment> segs_;
+    SegmentList<Byte> segs_;
     std::size_t idx_ = 0;
     std::size_t off_ = 0;
     std::size_t remaining_ = 0;
@@ -102,10 +124,10 @@ public:
     bool read(std::span<std::byte> out) {
         if (out.size() > available()) return false;
         std::size_t done = 0;
-        for (auto s : take(out.size())) {
+        consume(out.size(), [&](std::span<const std::byte> s) {
             std::memcpy(out.data() + done, s.data(), s.size());
             done += s.size();
-        }
+        });
         return true;
     }
 
@@ -128,10 +150,10 @@ public:
     bool write(std::span<const std::byte> in) {
         if (in.size() > available()) return false;
         std::size_t done = 0;
-        for (auto s : take(in.size())) {
+        consume(in.size(), [&](std::span<std::byte> s) {
             std::memcpy(s.data(), in.data() + done, s.size());
             done += s.size();
-        }
+        });
         written_ += in.size();
         return true;
     }
@@ -169,14 +191,18 @@ public:
     std::uint32_t writable_bytes() const noexcept { return writable_len_; }
 
     /// A fresh view over the device-readable buffers.
-    Reader reader() const { return Reader(readable_); }
+    Reader reader() const { return Reader(readable_segments()); }
     /// A fresh view over the device-writable buffers.
-    Writer writer() const { return Writer(writable_); }
+    Writer writer() const { return Writer(writable_segments()); }
 
     /// The device-readable buffers, in chain order (empty ones left out).
-    const std::vector<std::span<const std::byte>>& readable_segments() const noexcept { return readable_; }
+    std::span<const std::span<const std::byte>> readable_segments() const noexcept {
+        return {readable_.data(), readable_.size()};
+    }
     /// The device-writable buffers, in chain order (empty ones left out).
-    const std::vector<std::span<std::byte>>& writable_segments() const noexcept { return writable_; }
+    std::span<const std::span<std::byte>> writable_segments() const noexcept {
+        return {writable_.data(), writable_.size()};
+    }
     /// True when the device-readable bytes were grant-copied into a private
     /// snapshot instead of mapped (QueueConfig::copy_readable_max); the
     /// driver can then no longer change them under the device.
@@ -186,7 +212,10 @@ public:
     bool valid() const noexcept { return queue_ != nullptr; }
 
     /// Releases the grant mappings now (done automatically at complete).
-    void unmap() noexcept { maps_.clear(); }
+    void unmap() noexcept {
+        map_.reset();
+        map2_.reset();
+    }
 
 private:
     friend class Virtqueue;
@@ -198,9 +227,11 @@ private:
     std::uint16_t slots_ = 0;
     std::uint32_t readable_len_ = 0;
     std::uint32_t writable_len_ = 0;
-    std::vector<std::span<const std::byte>> readable_;
-    std::vector<std::span<std::byte>> writable_;
-    std::vector<xen::GrantMapping> maps_;
+    // Inline storage: popping a chain allocates nothing (the grant
+    // mappings of a chain are one batch entry: one or two handles).
+    SegmentList<const std::byte> readable_;
+    SegmentList<std::byte> writable_;
+    xen::GrantMapping map_, map2_;
     std::vector<std::byte> copied_;  ///< snapshot of small device-readable data
 };
 
@@ -316,7 +347,7 @@ protected:
     /// returns its id; `chain` is left empty and !valid().
     static Retired retire(DescriptorChain& chain) noexcept {
         Retired r{chain.id_, chain.slots_, chain.writable_len_};
-        chain.maps_.clear();  // unmap before the used entry is published
+        chain.unmap();  // unmap before the used entry is published
         chain.queue_ = nullptr;
         chain.readable_.clear();
         chain.writable_.clear();

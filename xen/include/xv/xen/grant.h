@@ -27,6 +27,10 @@ public:
     GrantMapping() = default;
     GrantMapping(GrantMapper* owner, std::byte* addr, std::uint32_t pages, bool writable) noexcept
         : owner_(owner), addr_(addr), pages_(pages), writable_(writable) {}
+    /// With a `cookie` the owner chose (handed back at release; 0 = none).
+    GrantMapping(GrantMapper* owner, std::byte* addr, std::uint32_t pages, bool writable,
+                 std::uint64_t cookie) noexcept
+        : owner_(owner), addr_(addr), pages_(pages), writable_(writable), cookie_(cookie) {}
     GrantMapping(GrantMapping&& o) noexcept { *this = std::move(o); }
     GrantMapping& operator=(GrantMapping&& o) noexcept;
     GrantMapping(const GrantMapping&) = delete;
@@ -49,6 +53,20 @@ private:
     std::byte* addr_ = nullptr;
     std::uint32_t pages_ = 0;
     bool writable_ = false;
+    std::uint64_t cookie_ = 0;
+};
+
+/// One mapping of a GrantMapper::map_batch() call: the next `ro` refs of
+/// the batch mapped read-only, then the next `rw` refs read-write, released
+/// together. The two parts need not be adjacent: reach them through
+/// ro_addr / rw_addr, not map.data().
+struct GrantBatchEntry {
+    std::uint32_t ro = 0;          ///< in: refs mapped read-only
+    std::uint32_t rw = 0;          ///< in: refs mapped read-write (after the RO ones)
+    std::byte* ro_addr = nullptr;  ///< out: the RO pages, contiguous (null when ro == 0)
+    std::byte* rw_addr = nullptr;  ///< out: the RW pages, contiguous (null when rw == 0)
+    GrantMapping map;              ///< out: keeps the entry mapped
+    GrantMapping map2;             ///< out: a second mapping, when the mapper needs one for the RW part
 };
 
 /// One segment of a grant copy: `len` bytes between a granted page of
@@ -84,6 +102,15 @@ public:
     /// faults, as on Xen.
     virtual Result<GrantMapping> map(DomId domid, std::span<const GrantRef> refs, bool writable) = 0;
 
+    /// Maps several entries of `refs` (in order, `ro + rw` refs each) of
+    /// domain `domid`, RO and RW per entry, as one batch: Xen's map
+    /// hypercall takes a batch of refs each with its own GNTMAP_readonly
+    /// flag. Each entry is released on its own (GrantBatchEntry::map). Fails
+    /// as a whole: on an error nothing stays mapped. The default makes one
+    /// map() call per non-empty RO or RW part (what a mapper can do when its
+    /// device maps only one protection per call, like gntdev).
+    virtual Result<void> map_batch(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries);
+
     /// Copies all segments in one call. Fails as a whole if any segment
     /// fails (the error names the first bad ref).
     virtual Result<void> copy(std::span<const GrantCopySegment> segments) = 0;
@@ -98,7 +125,40 @@ protected:
     friend class GrantMapping;
     /// Releases a mapping made by map(); called once per mapping.
     virtual void unmap(std::byte* addr, std::uint32_t pages) noexcept = 0;
+    /// Releases a mapping that carries the cookie its mapper gave it; the
+    /// default ignores the cookie.
+    virtual void unmap_cookie(std::byte* addr, std::uint32_t pages, std::uint64_t /*cookie*/) noexcept {
+        unmap(addr, pages);
+    }
 };
+
+inline Result<void> GrantMapper::map_batch(DomId domid, std::span<const GrantRef> refs,
+                                           std::span<GrantBatchEntry> entries) {
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+        GrantBatchEntry& e = entries[i];
+        e.ro_addr = e.rw_addr = nullptr;
+        e.map.reset();
+        e.map2.reset();
+        if (std::size_t(e.ro) + e.rw > refs.size() - at) {
+            for (std::size_t j = 0; j < i; ++j) entries[j].map.reset(), entries[j].map2.reset();
+            return make_error(std::errc::invalid_argument, "grant map batch: entries name more refs than given");
+        }
+        for (int part = 0; part < 2; ++part) {
+            const std::uint32_t n = part == 0 ? e.ro : e.rw;
+            if (n == 0) continue;
+            auto m = map(domid, refs.subspan(at, n), part == 1);
+            if (!m) {
+                for (std::size_t j = 0; j <= i; ++j) entries[j].map.reset(), entries[j].map2.reset();
+                return std::move(m).error();
+            }
+            (part == 0 ? e.ro_addr : e.rw_addr) = m->data();
+            (e.map.valid() ? e.map2 : e.map) = std::move(*m);
+            at += n;
+        }
+    }
+    return ok();
+}
 
 inline GrantMapping& GrantMapping::operator=(GrantMapping&& o) noexcept {
     if (this != &o) {
@@ -107,6 +167,7 @@ inline GrantMapping& GrantMapping::operator=(GrantMapping&& o) noexcept {
         addr_ = o.addr_;
         pages_ = o.pages_;
         writable_ = o.writable_;
+        cookie_ = o.cookie_;
         o.owner_ = nullptr;
         o.addr_ = nullptr;
         o.pages_ = 0;
@@ -115,10 +176,11 @@ inline GrantMapping& GrantMapping::operator=(GrantMapping&& o) noexcept {
 }
 
 inline void GrantMapping::reset() noexcept {
-    if (owner_ && addr_) owner_->unmap(addr_, pages_);
+    if (owner_ && addr_) owner_->unmap_cookie(addr_, pages_, cookie_);
     owner_ = nullptr;
     addr_ = nullptr;
     pages_ = 0;
+    cookie_ = 0;
 }
 
 }  // namespace xv::xen
