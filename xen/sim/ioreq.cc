@@ -76,14 +76,19 @@ public:
             }
             // The handler runs without the lock: the vCPU may time out meanwhile.
             std::uint64_t value = handler ? handler(req) : 0;
+            bool answered = false;
             {
                 std::lock_guard sl(st_->mu);
                 volatile void* slot = st_->slot(vcpu);
                 if (st_->gen[vcpu] == gen && xv::xen::detail::slot_state(slot) == xv::xen::detail::kStateInProcess) {
                     xv::xen::detail::complete_request(slot, req, value);
-                    st_->cv.notify_all();
+                    answered = true;
                 }
             }
+            // Wake a sleeping vCPU after unlocking, so that it does not
+            // wake up only to wait for the mutex (a spinning one has seen
+            // the state already).
+            if (answered) st_->cv.notify_all();
             ++served;
         }
         return served;
