@@ -171,8 +171,11 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
             continue;
         }
         for (const auto& fe_name : fes.value()) {
+            // Canonical decimal only: "01" or "00" would name the same
+            // domain (and device) as "1" / "0" a second time, and the keys
+            // are then read from the canonical path anyway.
             auto fe = parse_xs_uint(fe_name, kMaxGuestDomId);
-            if (!fe || fe_name.find_first_not_of("0123456789") != std::string::npos) {
+            if (!fe || fe_name != std::to_string(*fe)) {
                 out.errors.emplace(base + "/" + fe_name,
                                    bad(base, fe_name, "not a frontend domid"));
                 continue;
@@ -186,7 +189,7 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
             for (const auto& dev_name : devs.value()) {
                 auto devid = parse_xs_uint(dev_name, UINT32_MAX);
                 const std::string path = base + "/" + fe_name + "/" + dev_name;
-                if (!devid || dev_name.find_first_not_of("0123456789") != std::string::npos) {
+                if (!devid || dev_name != std::to_string(*devid)) {
                     out.errors.emplace(path, bad(base + "/" + fe_name, dev_name, "not a device id"));
                     continue;
                 }

@@ -79,6 +79,24 @@ TEST(Discovery, BothLayoutsAreFound) {
     EXPECT_FALSE(scan.devices[1].grant_usage) << "no key, Dom0 backend: libxl's default is no grants";
 }
 
+TEST(Discovery, NonCanonicalNamesDoNotAliasADevice) {
+    // Found by fuzz_discovery: "00" and "0" (or "05" and "5") parsed to the
+    // same devid (domid) and the same device was listed twice.
+    FakeHypervisor hv;
+    hv.self = 0;
+    hv.add_virtio(5, 0, "virtio,device2", "mmio", "1");
+    const std::string be = "/local/domain/0/backend/virtio/";
+    hv.store->set(be + "5/00/frontend-id", "5");
+    hv.store->set(be + "05/0/frontend-id", "5");
+    auto xs = hv.open_xenstore();
+    ASSERT_TRUE(xs);
+    ScanResult scan = scan_announced_devices(*xs.value(), 0);
+    ASSERT_EQ(scan.devices.size(), 1u);
+    EXPECT_EQ(scan.devices[0].backend_path, be + "5/0");
+    EXPECT_EQ(scan.errors.count(be + "5/00"), 1u);
+    EXPECT_EQ(scan.errors.count(be + "05"), 1u);
+}
+
 TEST(Check, GuestsFromAnnouncedDevices) {
     FakeHypervisor hv;
     hv.self = 1;
