@@ -138,6 +138,7 @@ Result<DomId> Core::create_domain(const DomainConfig& cfg, std::optional<DomId> 
     auto d = std::make_shared<Domain>();
     d->name = cfg.name;
     d->vcpus = cfg.vcpus;
+    d->paused = cfg.paused;
     d->pages = cfg.memory_pages;
     d->ports.resize(1);  // port 0 is never handed out
     d->grants.resize(kFirstRef);

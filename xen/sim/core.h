@@ -139,6 +139,7 @@ struct Domain {
     std::string name;
     unsigned vcpus = 1;
     bool dying = false;
+    bool paused = false;
     std::optional<DomId> target;
 
     // Memory (guarded by Core::mu except the immutable fd/base/pages).
