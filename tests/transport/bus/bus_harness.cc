@@ -114,11 +114,13 @@ void BusHarness::shutdown() {
     threads_.clear();
 }
 
-Result<std::unique_ptr<VirtqueueDriver>> BusHarness::driver(std::uint16_t q, std::uint16_t size, bool event_idx) {
+Result<std::unique_ptr<VirtqueueDriver>> BusHarness::driver(std::uint16_t q, std::uint16_t size, bool event_idx,
+                                                         bool packed) {
     DriverOptions o;
     o.index = q;
     o.size = size;
     o.event_idx = event_idx;
+    o.packed = packed;
     o.backend = 0;
     o.log_name = fmt::format("test q{}", q);
     return VirtqueueDriver::create(*guest, o);

@@ -73,8 +73,10 @@ public:
     static Result<std::unique_ptr<BusHarness>> create(Options opts, DeviceFactory factory);
     ~BusHarness();
 
-    /// A split-ring driver for queue `q` (size `size`) in this guest.
-    Result<std::unique_ptr<VirtqueueDriver>> driver(std::uint16_t q, std::uint16_t size = 16, bool event_idx = false);
+    /// A driver for queue `q` (size `size`) in this guest: split ring, or
+    /// packed with `packed` (VIRTIO_F_RING_PACKED must then be negotiated).
+    Result<std::unique_ptr<VirtqueueDriver>> driver(std::uint16_t q, std::uint16_t size = 16, bool event_idx = false,
+                                                    bool packed = false);
     /// Waits for the device's next queue/config interrupt (SPI edge or MSI)
     /// after `seen`; returns the new count.
     std::uint64_t wait_irq(std::uint64_t seen, std::chrono::milliseconds timeout = std::chrono::seconds(5));

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // virtio transports from the guest side through xen/sim: the conformance
 // suite on the echo device over mmio, mmio+nonblocking, pci, pci+nonblocking,
+// each with split and with packed rings,
 // plus request round trips, interrupts, quiesce with requests in flight,
 // broken queues, config space and register widths.
 #include <gtest/gtest.h>
@@ -17,14 +18,18 @@ namespace {
 using namespace std::chrono_literals;
 namespace st = transport::status;
 
-template <TransportKind K>
+template <TransportKind K, bool Packed = false>
 struct EchoOn {
     static constexpr TransportKind kind = K;
+    static constexpr bool packed = Packed;  ///< VIRTIO_F_RING_PACKED negotiated
     static std::shared_ptr<transport::Device> make(xen::DomId d) { return std::make_shared<EchoDevice>(d); }
 };
 
+/// Every transport, with split and with packed rings.
 using AllKinds = ::testing::Types<EchoOn<TransportKind::Mmio>, EchoOn<TransportKind::MmioNb>,
-                                  EchoOn<TransportKind::Pci>, EchoOn<TransportKind::PciNb>>;
+                                  EchoOn<TransportKind::Pci>, EchoOn<TransportKind::PciNb>,
+                                  EchoOn<TransportKind::Mmio, true>, EchoOn<TransportKind::MmioNb, true>,
+                                  EchoOn<TransportKind::Pci, true>, EchoOn<TransportKind::PciNb, true>>;
 
 struct KindNames {
     template <class T>
@@ -32,7 +37,7 @@ struct KindNames {
         std::string n = kind_name(T::kind);
         for (auto& c : n)
             if (c == '-') c = '_';
-        return n;
+        return T::packed ? n + "_packed" : n;
     }
 };
 
@@ -48,15 +53,14 @@ protected:
         std::vector<std::unique_ptr<VirtqueueDriver>> qs;
         std::vector<VirtqueueDriver*> raw;
         for (std::uint16_t q = 0; q < n; ++q) {
-            auto d = this->h_->driver(q, 16, event_idx);
+            auto d = this->queue_driver(q, 16, event_idx);
             EXPECT_TRUE(d);
             raw.push_back(d->get());
             qs.push_back(std::move(*d));
         }
         auto want = ~0ULL;
         if (!event_idx) want &= ~transport::feature::bit(transport::feature::kEventIdx);
-        want &= ~transport::feature::bit(transport::feature::kRingPacked);
-        auto f = this->drv().bring_up(want, raw);
+        auto f = this->drv().bring_up(this->ring_features(want), raw);
         EXPECT_TRUE(f) << (f ? "" : f.error().describe());
         return qs;
     }

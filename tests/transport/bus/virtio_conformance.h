@@ -9,6 +9,10 @@
 //                                     BlkOn<TransportKind::Pci>, BlkOn<TransportKind::PciNb>>;
 //   INSTANTIATE_TYPED_TEST_SUITE_P(Blk, VirtioConformance, BlkKinds);
 //
+// A type may also say `static constexpr bool packed = true;`: the suite then
+// negotiates VIRTIO_F_RING_PACKED and lays its queues out as packed rings
+// (virtio 1.2 §2.8); without it, split rings with RING_PACKED refused.
+//
 // Each test drives the device from the guest side (BusHarness) and checks
 // one rule of virtio 1.2 §2.1, §2.2, §2.5, §3.1 or the grants-only rule.
 #pragma once
@@ -16,15 +20,34 @@
 #include <gtest/gtest.h>
 
 #include <thread>
+#include <type_traits>
 
 #include "bus_harness.h"
 #include "xv/transport/virtio_core.h"
 
 namespace xv::test {
 
+/// T::packed when the type says so, else false (split rings).
+template <class T, class = void>
+struct PackedOf : std::false_type {};
+template <class T>
+struct PackedOf<T, std::void_t<decltype(T::packed)>> : std::bool_constant<T::packed> {};
+
 template <class T>
 class VirtioConformance : public ::testing::Test {
 protected:
+    /// True for the packed-ring variant of the suite.
+    static constexpr bool kPacked = PackedOf<T>::value;
+    /// `want` with VIRTIO_F_RING_PACKED set for the packed variant, cleared for split.
+    static std::uint64_t ring_features(std::uint64_t want = ~0ULL) {
+        const std::uint64_t p = transport::feature::bit(transport::feature::kRingPacked);
+        return kPacked ? want | p : want & ~p;
+    }
+    /// A driver for queue `q` in the variant's ring layout.
+    Result<std::unique_ptr<VirtqueueDriver>> queue_driver(std::uint16_t q, std::uint16_t size = 16,
+                                                          bool event_idx = false) {
+        return h_->driver(q, size, event_idx, kPacked);
+    }
     void SetUp() override {
         BusHarness::Options o;
         o.kind = T::kind;
@@ -115,13 +138,16 @@ TYPED_TEST_P(VirtioConformance, ActivatesWithAllQueues) {
         auto max = this->drv().queue_max(q);
         ASSERT_TRUE(max);
         ASSERT_GT(*max, 0);
-        auto d = this->h_->driver(q, std::min<std::uint16_t>(*max, 16));
+        auto d = this->queue_driver(q, std::min<std::uint16_t>(*max, 16));
         ASSERT_TRUE(d) << d.error().describe();
         raw.push_back(d->get());
         qs.push_back(std::move(*d));
     }
-    auto f = this->drv().bring_up(~0ULL, raw);
+    auto f = this->drv().bring_up(this->ring_features(), raw);
     ASSERT_TRUE(f) << f.error().describe();
+    // virtio 1.2 §2.8: the packed variant really runs packed rings (the
+    // device offered RING_PACKED), the split variant split ones.
+    EXPECT_EQ((*f & transport::feature::bit(transport::feature::kRingPacked)) != 0, this->kPacked);
     auto s = this->drv().status();
     ASSERT_TRUE(s);
     EXPECT_EQ(*s, 0x0f);
@@ -168,8 +194,8 @@ TYPED_TEST_P(VirtioConformance, IllegalStatusTransitionsNeedReset) {
 TYPED_TEST_P(VirtioConformance, NonGrantRingAddressNeedsReset) {
     auto f = this->drv().device_features();
     ASSERT_TRUE(f);
-    ASSERT_TRUE(this->negotiate(*f) & transport::status::kFeaturesOk);
-    auto d = this->h_->driver(0, 16);
+    ASSERT_TRUE(this->negotiate(this->ring_features(*f)) & transport::status::kFeaturesOk);
+    auto d = this->queue_driver(0, 16);
     ASSERT_TRUE(d);
     auto c = (*d)->config();
     ASSERT_TRUE(this->drv().setup_queue(0, 16, c.desc_addr & ~xen::grant_dma::kFlag, c.driver_addr, c.device_addr));
@@ -202,7 +228,7 @@ TYPED_TEST_P(VirtioConformance, MissingQueueIsNotAvailable) {
 TYPED_TEST_P(VirtioConformance, QueueBeforeFeaturesOkNeedsReset) {
     ASSERT_TRUE(this->drv().reset());
     ASSERT_TRUE(this->drv().set_status(transport::status::kAcknowledge));
-    auto d = this->h_->driver(0, 16);
+    auto d = this->queue_driver(0, 16);
     ASSERT_TRUE(d);
     auto c = (*d)->config();
     ASSERT_TRUE(this->drv().setup_queue(0, 16, c.desc_addr, c.driver_addr, c.device_addr));
@@ -211,7 +237,19 @@ TYPED_TEST_P(VirtioConformance, QueueBeforeFeaturesOkNeedsReset) {
     ASSERT_TRUE(this->drv().reset());
 }
 
-REGISTER_TYPED_TEST_SUITE_P(VirtioConformance, ResetReadsBackZero, OffersVersion1AndAccessPlatform,
+// virtio 1.2 §6 / §2.8: the ring layout is a feature like any other: the
+// packed variant finds RING_PACKED offered and gets FEATURES_OK with it;
+// the split variant gets FEATURES_OK without it.
+TYPED_TEST_P(VirtioConformance, RingLayoutIsNegotiated) {
+    auto f = this->drv().device_features();
+    ASSERT_TRUE(f);
+    const std::uint64_t packed = transport::feature::bit(transport::feature::kRingPacked);
+    if (this->kPacked) EXPECT_TRUE(*f & packed) << "RING_PACKED not offered";
+    auto s = this->negotiate(this->ring_features(*f));
+    EXPECT_TRUE(s & transport::status::kFeaturesOk) << "status " << int(s);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(VirtioConformance, RingLayoutIsNegotiated, ResetReadsBackZero, OffersVersion1AndAccessPlatform,
                             RefusesUnofferedFeature, RefusesDriverWithoutVersion1OrAccessPlatform,
                             ActivatesWithAllQueues, IllegalStatusTransitionsNeedReset, NonGrantRingAddressNeedsReset,
                             ConfigGenerationStable, MissingQueueIsNotAvailable, QueueBeforeFeaturesOkNeedsReset);
