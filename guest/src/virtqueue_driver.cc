@@ -86,7 +86,7 @@ ChainBuilder& ChainBuilder::indirect(bool on) {
     return *this;
 }
 
-Result<Submitted> ChainBuilder::submit() {
+Result<Submitted> ChainBuilder::add(bool publish_now) {
     if (err_) return *err_;
     std::vector<GuestBuf> bufs;
     std::vector<bool> write;
@@ -94,19 +94,12 @@ Result<Submitted> ChainBuilder::submit() {
         bufs.push_back(it.buf);
         write.push_back(it.write);
     }
-    return drv_.add_chain(std::move(bufs), std::move(write), indirect_, true);
+    return drv_.add_chain(std::move(bufs), std::move(write), indirect_, publish_now);
 }
 
-Result<Submitted> ChainBuilder::stage() {
-    if (err_) return *err_;
-    std::vector<GuestBuf> bufs;
-    std::vector<bool> write;
-    for (auto& it : items_) {
-        bufs.push_back(it.buf);
-        write.push_back(it.write);
-    }
-    return drv_.add_chain(std::move(bufs), std::move(write), indirect_, false);
-}
+Result<Submitted> ChainBuilder::submit() { return add(true); }
+
+Result<Submitted> ChainBuilder::stage() { return add(false); }
 
 // --- VirtqueueDriver -------------------------------------------------------------
 

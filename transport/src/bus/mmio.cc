@@ -93,17 +93,8 @@ std::uint64_t MmioTransport::access(std::uint32_t offset, unsigned size, bool wr
         std::uint32_t v = 0;
         {
             std::lock_guard lk(core_->mutex());
-            if (offset == nonblocking::kMmioAccess) {
-                if (write)
-                    req = nb_.write_access(std::uint32_t(value), [this](std::uint32_t o, unsigned s, bool w) {
-                        return indirect_valid(o, s, w);
-                    });
-                else
-                    v = nb_.read_access();
-            } else {
-                if (write) nb_.write_data(std::uint32_t(value));
-                else v = nb_.read_data();
-            }
+            req = nb_.driver_access(offset == nonblocking::kMmioAccess, write, std::uint32_t(value), v,
+                                    [this](std::uint32_t o, unsigned s, bool w) { return indirect_valid(o, s, w); });
         }
         if (req) {
             // nonblocking.md guarantee 1: only queued here; it runs later
@@ -264,17 +255,10 @@ bool MmioTransport::indirect_valid(std::uint32_t offset, unsigned size, bool wri
 }
 
 void MmioTransport::run_indirect(nonblocking::IndirectRequest req) {
-    auto self = shared_from_this();
-    if (!req.write) {
-        auto v = access(req.offset, req.size, false, 0, nullptr);
-        std::lock_guard lk(core_->mutex());
-        nb_.complete(req.seq, std::uint32_t(v));
-        return;
-    }
-    access(req.offset, req.size, true, req.value, [self, seq = req.seq] {
-        std::lock_guard lk(self->core_->mutex());
-        self->nb_.complete(seq, 0);
-    });
+    nonblocking::run_indirect(req, shared_from_this(), core_->mutex(), nb_,
+                              [this](std::uint32_t off, unsigned size, bool write, std::uint64_t value, Done done) {
+                                  return access(off, size, write, value, std::move(done));
+                              });
 }
 
 }  // namespace xv::transport

@@ -396,16 +396,11 @@ std::uint64_t PciTransport::access(std::uint32_t off, unsigned size, bool write,
             if (size != 4) {
                 XV_LOG_LIMITED(core_->rate_limit(), spdlog::level::warn, "{}: {}-byte access to {:#x} ignored",
                                core_->label(), size, off);
-            } else if (off == kNbOff) {
-                if (write)
-                    req = nb_.write_access(std::uint32_t(value), [this](std::uint32_t o, unsigned s, bool w) {
-                        return indirect_valid(o, s, w);
-                    });
-                else
-                    v = nb_.read_access();
             } else {
-                if (write) nb_.write_data(std::uint32_t(value));
-                else v = nb_.read_data();
+                std::uint32_t reg = 0;
+                req = nb_.driver_access(off == kNbOff, write, std::uint32_t(value), reg,
+                                        [this](std::uint32_t o, unsigned s, bool w) { return indirect_valid(o, s, w); });
+                v = reg;
             }
         } else if (off >= kMsixTableOff && off < kMsixTableOff + 16u * nvec_) {
             auto& e = msix_[(off - kMsixTableOff) / 16];
@@ -560,17 +555,10 @@ bool PciTransport::indirect_valid(std::uint32_t off, unsigned size, bool write) 
 }
 
 void PciTransport::run_indirect(nonblocking::IndirectRequest req) {
-    auto self = shared_from_this();
-    if (!req.write) {
-        auto v = access(req.offset, req.size, false, 0, nullptr);
-        std::lock_guard lk(core_->mutex());
-        nb_.complete(req.seq, std::uint32_t(v));
-        return;
-    }
-    access(req.offset, req.size, true, req.value, [self, seq = req.seq] {
-        std::lock_guard lk(self->core_->mutex());
-        self->nb_.complete(seq, 0);
-    });
+    nonblocking::run_indirect(req, shared_from_this(), core_->mutex(), nb_,
+                              [this](std::uint32_t off, unsigned size, bool write, std::uint64_t value, Done done) {
+                                  return access(off, size, write, value, std::move(done));
+                              });
 }
 
 }  // namespace xv::transport

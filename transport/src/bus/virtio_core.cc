@@ -116,13 +116,7 @@ void VirtioCore::write_status_locked(std::uint8_t value, Done done) {
         return;
     }
     // Synchronous outcomes complete `done` once the caller unlocked.
-    struct Finish {
-        VirtioCore* core;
-        Done d;
-        ~Finish() {
-            if (d) core->pending_done_.push_back(std::move(d));
-        }
-    } fin{this, std::move(done)};
+    PendingDone fin{this, std::move(done)};
     if (stopping_ || state_ == CoreState::Stopped) return;
     if (state_ == CoreState::Resetting) {
         // virtio 1.2 §4.2.3.1 / §4.1.4.3.2: the driver waits for status 0.
@@ -278,13 +272,7 @@ bool VirtioCore::queue_config_writable_locked(std::uint16_t q) const {
 }
 
 void VirtioCore::set_queue_ready_locked(std::uint16_t q, bool ready, Done done) {
-    struct Finish {
-        VirtioCore* core;
-        Done d;
-        ~Finish() {
-            if (d) core->pending_done_.push_back(std::move(d));
-        }
-    } fin{this, std::move(done)};
+    PendingDone fin{this, std::move(done)};
     if (q >= num_queues_ || stopping_ || state_ == CoreState::Resetting) return;
     auto& slot = queues_[q];
     if (!ready) {

@@ -139,6 +139,8 @@ public:
     Result<Submitted> stage();
 
 private:
+    /// Adds the chain built so far; publishes it when `publish_now`.
+    Result<Submitted> add(bool publish_now);
     struct Item {
         GuestBuf buf;
         bool write;

@@ -26,6 +26,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 
 namespace xv::transport::nonblocking {
@@ -87,6 +89,23 @@ public:
     /// accepted (BUSY is then set); nullopt when refused.
     std::optional<IndirectRequest> write_access(std::uint32_t cmd, const Validator& valid);
 
+    /// One driver access to ACCESS (`is_access`) or ACCESS_DATA: a write
+    /// goes to write_access() / write_data(), a read returns the register
+    /// in `read_value`. Returns the access to run for an accepted write
+    /// to ACCESS.
+    std::optional<IndirectRequest> driver_access(bool is_access, bool write, std::uint32_t value,
+                                                 std::uint32_t& read_value, const Validator& valid) {
+        if (is_access) {
+            if (write) return write_access(value, valid);
+            read_value = read_access();
+        } else if (write) {
+            write_data(value);
+        } else {
+            read_value = read_data();
+        }
+        return std::nullopt;
+    }
+
     /// The access `seq` finished; for reads `value` goes to ACCESS_DATA.
     void complete(std::uint64_t seq, std::uint32_t value);
 
@@ -101,5 +120,27 @@ private:
     std::uint64_t accepted_ = 0;
     std::uint64_t refused_ = 0;
 };
+
+/// Runs the accepted access `req` through a transport's register entry
+/// `access(offset, size, write, value, done)` and completes it in `regs`
+/// (under `mu`, the device mutex): a read at once with the value read, a
+/// write once the transport says it finished (`done`). `keep` holds the
+/// transport (and so `mu` and `regs`) alive until then. Shared by the
+/// mmio and pci transports.
+template <class Mutex, class AccessFn>
+void run_indirect(const IndirectRequest& req, std::shared_ptr<const void> keep, Mutex& mu, IndirectRegs& regs,
+                  AccessFn&& access) {
+    if (!req.write) {
+        auto v = access(req.offset, req.size, false, 0, std::function<void()>{});
+        std::lock_guard lk(mu);
+        regs.complete(req.seq, std::uint32_t(v));
+        return;
+    }
+    access(req.offset, req.size, true, req.value,
+           std::function<void()>([keep = std::move(keep), &mu, &regs, seq = req.seq] {
+               std::lock_guard lk(mu);
+               regs.complete(seq, 0);
+           }));
+}
 
 }  // namespace xv::transport::nonblocking

@@ -253,6 +253,15 @@ private:
     bool stopping_ = false;
     std::vector<QueueSlot> queues_;
     std::vector<Done> pending_done_;
+    /// Holds a `done` that, unless taken (d = nullptr), joins pending_done_
+    /// when the scope ends: a synchronous outcome completes once the caller unlocked.
+    struct PendingDone {
+        VirtioCore* core;
+        Done d;
+        ~PendingDone() {
+            if (d) core->pending_done_.push_back(std::move(d));
+        }
+    };
     std::vector<Done> reset_waiters_;
     Stats stats_;
     log::RateLimit rl_;
