@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -165,7 +166,12 @@ std::vector<Piece> build(FuzzedDataProvider& in, Disk& d, std::uint64_t features
     }
     // Status byte (virtio 1.2 §5.2.6: the last byte of the last writable buffer).
     if (one_in(in, 16)) {
-        r.has_status = false;
+        // No status buffer: the last writable byte (of the data) is taken as
+        // the status, or, without any, the chain cannot be answered.
+        bool any_writable = false;
+        for (const auto& p : ps) any_writable |= p.write;
+        if (!any_writable) r.has_status = false;
+        else r.expect = Req::Any;
     } else if (r.type == blk::req::kIn && !ps.empty() && ps.back().write && in.ConsumeBool()) {
         ps.back().len += 1;  // status in the last data buffer
     } else {
@@ -178,7 +184,7 @@ std::vector<Piece> build(FuzzedDataProvider& in, Disk& d, std::uint64_t features
 std::uint32_t expected_len(const Req& r) {
     switch (r.type) {
         case blk::req::kIn: return r.data_len + 1;
-        case blk::req::kGetId: return r.data_len + 1;
+        case blk::req::kGetId: return std::min<std::uint32_t>(r.data_len, blk::kIdBytes) + 1;  // 20 id bytes
         default: return 1;
     }
 }

@@ -26,7 +26,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <deque>
 
 #include "device_fuzz.h"
 #include "xv/devices/net.h"
@@ -50,6 +49,43 @@ std::unique_ptr<devices::NetDevice> g_dev;
 int g_pkt = -1;
 int g_ifindex = 0;
 std::uint32_t g_seq = 0;  // tag of the frames we make
+/// Frames in flight, oldest first, in preallocated slots: an input that
+/// records frames allocates nothing that outlives it (libFuzzer would
+/// otherwise run its leak check after every such input).
+class FrameLog {
+public:
+    static constexpr std::size_t kSlots = 512;
+    FrameLog() {
+        slots_.resize(kSlots);
+        for (auto& s : slots_) s.reserve(9200);
+    }
+    std::size_t size() const { return n_; }
+    bool empty() const { return n_ == 0; }
+    const std::vector<std::byte>& operator[](std::size_t i) const { return slots_[(head_ + i) % kSlots]; }
+    const std::vector<std::byte>& front() const { return (*this)[0]; }
+    void pop_front() {
+        head_ = (head_ + 1) % kSlots;
+        --n_;
+    }
+    /// Drops the first `k` frames (delivered late or never).
+    void drop(std::size_t k) {
+        head_ = (head_ + k) % kSlots;
+        n_ -= k;
+    }
+    /// Appends a frame; the oldest goes when full (the tap's queue is bounded too).
+    void push_back(const std::vector<std::byte>& f) {
+        if (n_ == kSlots) pop_front();
+        auto& s = slots_[(head_ + n_) % kSlots];
+        s.assign(f.begin(), f.end());
+        ++n_;
+    }
+
+private:
+    std::vector<std::vector<std::byte>> slots_;
+    std::size_t head_ = 0, n_ = 0;
+};
+FrameLog* g_tx_sent;  // consistent tx frames, in order, as the tap must show them
+FrameLog* g_rx_sent;  // frames injected towards the guest, in order
 
 /// An Ethernet frame carrying a tag (sequence number) after the header.
 std::vector<std::byte> frame(FuzzedDataProvider& in, const std::array<std::uint8_t, 6>& dst, std::uint32_t tag) {
@@ -231,12 +267,14 @@ void run(FuzzedDataProvider& in) {
     Harness h(w, *g_dev);
     if (!h.activate(features, std::uint16_t(ctrlq + 1), [&](std::uint16_t) { return !one_in(in, 20); })) return;
     const auto mac = g_dev->mac();
-    std::deque<std::vector<std::byte>> tx_sent;   // consistent frames, in order, per the tap
-    std::deque<std::vector<std::byte>> rx_sent;   // injected, in order
+    // Frames outlive an iteration (the tap queues them, libFuzzer reruns
+    // inputs), so the records are process-wide.
+    auto& tx_sent = *g_tx_sent;
+    auto& rx_sent = *g_rx_sent;
     std::map<std::uint64_t, Ctrl> ctrls;
     std::uint64_t ctrl_tag = 1;
 
-    auto find = [](const std::deque<std::vector<std::byte>>& q, std::uint32_t t) {
+    auto find = [](const FrameLog& q, std::uint32_t t) {
         for (std::size_t i = 0; i < q.size(); ++i)
             if (tag_of(q[i].data(), q[i].size()) == t) return std::optional<std::size_t>(i);
         return std::optional<std::size_t>();
@@ -254,7 +292,7 @@ void run(FuzzedDataProvider& in) {
             auto at = find(tx_sent, *t);
             if (!at) continue;  // not one whose bytes are fixed (offloads, mq, inconsistent)
             // Frames leave in order; the ones before it were dropped by the kernel.
-            tx_sent.erase(tx_sent.begin(), tx_sent.begin() + std::ptrdiff_t(*at));
+            tx_sent.drop(*at);
             FUZZ_CHECK(tx_sent.front().size() == std::size_t(n) &&
                            std::memcmp(tx_sent.front().data(), buf, std::size_t(n)) == 0,
                        "frame %u left the tap changed", *t);
@@ -387,7 +425,7 @@ void run(FuzzedDataProvider& in) {
                 if (mq) continue;  // pairs may reorder frames between queues
                 auto at = find(rx_sent, *t);
                 FUZZ_CHECK(at.has_value(), "rx frame %u was never sent (or came twice / out of order)", *t);
-                rx_sent.erase(rx_sent.begin(), rx_sent.begin() + std::ptrdiff_t(*at));  // dropped (filtered) ones
+                rx_sent.drop(*at);  // dropped (filtered) ones
                 const auto& f = rx_sent.front();
                 FUZZ_CHECK(got.size() - sizeof hdr == f.size() &&
                                std::memcmp(got.data() + sizeof hdr, f.data(), f.size()) == 0,
@@ -407,6 +445,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     // A private network namespace: the tap and whatever reaches it stay here.
     FUZZ_CHECK(::unshare(CLONE_NEWNET) == 0, "unshare(CLONE_NEWNET): %s (run as root)", std::strerror(errno));
     World& w = World::get();
+    g_tx_sent = new FrameLog;
+    g_rx_sent = new FrameLog;
     devices::NetConfig cfg;
     cfg.queues = kPairs;
     auto d = devices::make_net_device(cfg, {w.domid, "net0"}, w.io.get_executor());
