@@ -3,14 +3,25 @@
 // writev to a tap, against plain write()s of the same frames (with the same
 // 12-byte vnet header) to the same tap, in the same run. Frames of 1514
 // and 64 bytes; the ratio device/baseline is printed at the end.
+//
+// Two figures per side. Wall clock: frames per second with the guest on the
+// bench thread and the device on its own loop thread, as a guest vCPU and
+// the backend run. Per CPU second: frames per second of CPU time of the
+// thread doing the work (the device's loop thread; the baseline's write()
+// thread) - what one backend core can carry, and what does not depend on
+// how busy a shared machine is. Each case runs three times, alternating
+// with the baseline; the best run counts.
 #include <sys/ioctl.h>
 #include <linux/if_tun.h>
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <pthread.h>
+#include <time.h>
 
 #include "../../tests/devices/net/net_test_util.h"
 
@@ -31,7 +42,6 @@ struct Bench {
     std::vector<std::byte> base_buf;
 };
 Bench* g = nullptr;
-std::map<std::pair<std::string, int>, double> g_fps;
 
 std::string setup() {
     g = new Bench;
@@ -63,11 +73,29 @@ std::string setup() {
     return {};
 }
 
-void record(benchmark::State& st, const char* what, std::size_t frames, Clock::duration d) {
-    double secs = std::chrono::duration<double>(d).count();
-    double fps = secs > 0 ? frames / secs : 0;
-    g_fps[{what, static_cast<int>(st.range(0))}] = fps;
+/// CPU seconds thread `t` has used so far.
+double cpu_seconds(pthread_t t) {
+    clockid_t id;
+    timespec ts{};
+    if (::pthread_getcpuclockid(t, &id) != 0 || ::clock_gettime(id, &ts) != 0) return 0;
+    return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
+}
+
+struct Best {
+    double wall = 0;  ///< frames per wall-clock second
+    double cpu = 0;   ///< frames per CPU second of the working thread
+};
+std::map<std::pair<std::string, int>, Best> g_best;
+
+void record(benchmark::State& st, const char* what, std::size_t frames, Clock::duration d, double cpu) {
+    const double secs = std::chrono::duration<double>(d).count();
+    const double fps = secs > 0 ? frames / secs : 0;
+    const double per_cpu = cpu > 0 ? frames / cpu : 0;
+    Best& b = g_best[{what, static_cast<int>(st.range(0))}];
+    b.wall = std::max(b.wall, fps);
+    b.cpu = std::max(b.cpu, per_cpu);
     st.counters["frames/s"] = fps;
+    st.counters["frames/cpu_s"] = per_cpu;
     st.SetItemsProcessed(static_cast<std::int64_t>(frames));
     st.SetBytesProcessed(static_cast<std::int64_t>(frames * st.range(0)));
 }
@@ -77,6 +105,8 @@ void BM_DeviceTx(benchmark::State& st) {
     const auto len = static_cast<std::uint32_t>(12 + st.range(0));
     auto& drv = *g->rig.drv[1];
     std::size_t frames = 0;
+    const pthread_t dev_thread = g->rig.loop.native_handle();
+    const double c0 = cpu_seconds(dev_thread);
     auto t0 = Clock::now();
     for (auto _ : st) {
         for (int i = 0; i < kBatch; ++i) {
@@ -96,13 +126,14 @@ void BM_DeviceTx(benchmark::State& st) {
         }
         frames += kBatch;
     }
-    record(st, "device", frames, Clock::now() - t0);
+    record(st, "device", frames, Clock::now() - t0, cpu_seconds(dev_thread) - c0);
 }
 
 /// Plain write()s of the same header + frame to the same tap.
 void BM_BaselineWrite(benchmark::State& st) {
     const auto len = static_cast<std::size_t>(12 + st.range(0));
     std::size_t frames = 0;
+    const double c0 = cpu_seconds(::pthread_self());
     auto t0 = Clock::now();
     for (auto _ : st) {
         for (int i = 0; i < kBatch; ++i) {
@@ -113,11 +144,16 @@ void BM_BaselineWrite(benchmark::State& st) {
         }
         frames += kBatch;
     }
-    record(st, "baseline", frames, Clock::now() - t0);
+    record(st, "baseline", frames, Clock::now() - t0, cpu_seconds(::pthread_self()) - c0);
 }
 
-BENCHMARK(BM_BaselineWrite)->Arg(1514)->Arg(64)->UseRealTime()->MinTime(1.0);
-BENCHMARK(BM_DeviceTx)->Arg(1514)->Arg(64)->UseRealTime()->MinTime(1.0);
+void register_all() {
+    for (int rep = 0; rep < 3; ++rep)
+        for (int size : {1514, 64}) {
+            benchmark::RegisterBenchmark("BM_BaselineWrite", BM_BaselineWrite)->Arg(size)->UseRealTime()->MinTime(1.0);
+            benchmark::RegisterBenchmark("BM_DeviceTx", BM_DeviceTx)->Arg(size)->UseRealTime()->MinTime(1.0);
+        }
+}
 
 }  // namespace
 
@@ -131,12 +167,17 @@ int main(int argc, char** argv) {
         std::printf("net_bench skipped: %s\n", err.c_str());
         return 0;
     }
+    register_all();
     benchmark::RunSpecifiedBenchmarks();
-    std::printf("\nvirtio-net tx (sim guest -> tap) against plain write() to the same tap\n");
-    std::printf("%8s %16s %16s %8s\n", "frame", "device fr/s", "write() fr/s", "ratio");
+    std::printf("\nvirtio-net tx (sim guest -> tap) against plain write() to the same tap, best of 3 runs each\n");
+    std::printf("%6s %-13s %14s %9s %14s %9s %7s %7s\n", "frame", "rate", "device fr/s", "Gbit/s", "write() fr/s",
+                "Gbit/s", "ratio", "target");
     for (int size : {1514, 64}) {
-        double d = g_fps[{"device", size}], b = g_fps[{"baseline", size}];
-        std::printf("%8d %16.0f %16.0f %7.1f%%\n", size, d, b, b > 0 ? 100.0 * d / b : 0.0);
+        const Best d = g_best[{"device", size}], b = g_best[{"baseline", size}];
+        const std::pair<const char*, double Best::*> rates[] = {{"wall clock", &Best::wall}, {"per CPU second", &Best::cpu}};
+        for (auto [name, m] : rates)
+            std::printf("%6d %-13s %14.0f %9.3f %14.0f %9.3f %6.1f%% %7s\n", size, name, d.*m, d.*m * size * 8 / 1e9,
+                        b.*m, b.*m * size * 8 / 1e9, b.*m > 0 ? 100.0 * (d.*m) / (b.*m) : 0.0, ">=80%");
     }
     auto s = g->rig.dev->stats();
     std::printf("tx frames %llu, dropped %llu, waits for tap room %llu\n", (unsigned long long)s.tx_frames,

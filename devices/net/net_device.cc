@@ -162,6 +162,7 @@ struct Pair {
     bool tx_waiting = false;
     std::optional<DescriptorChain> tx_pending;
     VirtioNetHdr tx_hdr{};
+    std::vector<iovec> tx_iov;          ///< the writev list, kept between frames
     std::vector<std::byte> tx_bounce;
 };
 
@@ -272,6 +273,7 @@ Result<void> Session::start() {
             if (d < 0) return errno_error(errno, core_->id.label() + ": dup tap fd");
             p->txq = txq;
             p->txd.emplace(txq->strand(), d);
+            p->tx_iov.reserve(64);
         }
         p->enabled = (i == 0);
         pairs_.push_back(std::move(p));
@@ -578,7 +580,8 @@ void Session::tx_pump(Pair& p) {
     if (p.tx_stopped || !p.txq || p.txq->broken() || p.tx_waiting) return;
     bool pushed = false;
     unsigned budget = 0;
-    std::vector<iovec> iov;
+    std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
+    std::uint64_t frames = 0, bytes = 0;
     for (; budget < kTxBudget; ++budget) {
         if (!p.tx_pending) {
             DescriptorChain c;
@@ -637,14 +640,16 @@ void Session::tx_pump(Pair& p) {
             XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} {}: {} (frame of {} bytes dropped)", qname(p.txq),
                            core_->tap.name(), net_error_name(NetError::TapRejected), std::strerror(errno), frame_len);
         } else {
-            core_->n.tx_frames++;
-            core_->n.tx_bytes += frame_len;
+            ++frames;
+            bytes += frame_len;
         }
         // §5.1.6.2: tx buffers are device-readable only: used length 0.
         p.txq->push(std::move(c), 0);
         p.tx_pending.reset();
         pushed = true;
     }
+    core_->n.tx_frames += frames;
+    core_->n.tx_bytes += bytes;
     if (budget == kTxBudget) post_pump(p, Dir::Tx);
     if (pushed) p.txq->notify_guest();
 }
