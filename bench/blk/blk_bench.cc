@@ -12,7 +12,8 @@
 //
 // Workloads: 4 KiB random read at QD 32 (IOPS), 1 MiB sequential read and
 // write at QD 8 (bandwidth). Targets: >= 80 % of fio's IOPS, >= 90 % of its
-// bandwidth. Environment: XV_BLK_BENCH_DIR (default /var/tmp),
+// bandwidth. Each workload runs kRuns times, alternating with fio; the best
+// run of each side counts. Environment: XV_BLK_BENCH_DIR (default /var/tmp),
 // XV_BLK_BENCH_MIB (default 256), XV_BLK_BENCH_SECONDS (default 5).
 #include <benchmark/benchmark.h>
 
@@ -68,6 +69,10 @@ struct Figures {
     double bw = 0;  // bytes/s
     std::uint64_t errors = 0;
 };
+
+/// Each workload runs this many times (fio, then ours, alternating); the
+/// best run of each side is compared.
+constexpr int kRuns = 3;
 
 Params g_params;
 std::string g_file;
@@ -235,7 +240,10 @@ void bench_workload(benchmark::State& state, const Workload* w) {
         }
         ours = p.run(*w, g_params.seconds);
     }
-    g_results[w->name] = {ours, fio};
+    // Best run of each side (the machine may be shared; see kRuns).
+    auto& [best_ours, best_fio] = g_results[w->name];
+    if (ours.iops > best_ours.iops) best_ours = ours;
+    if (fio.iops > best_fio.iops) best_fio = fio;
     state.counters["IOPS"] = ours.iops;
     state.counters["MB/s"] = ours.bw / 1e6;
     state.counters["fio_IOPS"] = fio.iops;
@@ -257,14 +265,16 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "blk_bench: cannot create a %lu MiB file in %s\n", g_params.mib, g_params.dir.c_str());
         return 1;
     }
-    for (const auto& w : kWorkloads)
-        benchmark::RegisterBenchmark(w.name, bench_workload, &w)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+    for (int run = 0; run < kRuns; ++run)
+        for (const auto& w : kWorkloads)
+            benchmark::RegisterBenchmark(w.name, bench_workload, &w)->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     ::unlink(g_file.c_str());
 
-    std::printf("\nvirtio-blk over sim grants + io_uring vs fio (io_uring, O_DIRECT), %lu MiB file in %s, %d s each\n",
-                g_params.mib, g_params.dir.c_str(), g_params.seconds);
+    std::printf("\nvirtio-blk over sim grants + io_uring vs fio (io_uring, O_DIRECT), %lu MiB file in %s, %d s each, "
+                "best of %d runs\n",
+                g_params.mib, g_params.dir.c_str(), g_params.seconds, kRuns);
     std::printf("%-18s %14s %14s %14s %14s %7s %8s\n", "workload", "ours IOPS", "fio IOPS", "ours MB/s", "fio MB/s",
                 "ratio", "target");
     for (const auto& w : kWorkloads) {
