@@ -15,6 +15,9 @@
 #include <map>
 #include <set>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
 #include "blk_test_util.h"
 
 namespace xv::devices::blktest {
@@ -419,6 +422,38 @@ TEST_F(Blk, OutOfRangeSectorsAreIoErr) {
     auto e = bare_req(blk::req::kIn, 2048);  // empty read at the end: nothing to do
     EXPECT_EQ(roundtrip(e), 1u);
     EXPECT_EQ(status_of(e), blk::kStatusOk);
+}
+
+// Every refused request is logged with domid, device, queue, sector and
+// length, through a rate limit: a guest flooding bad requests cannot flood
+// the log, and every request still gets its status.
+TEST_F(Blk, BadRequestsAreLoggedWithContextAndRateLimited) {
+    TempFile f(1 * MiB);  // 2048 sectors
+    start(f);
+    auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000);
+    sink->set_pattern("%v");
+    auto logger = spdlog::default_logger();
+    logger->sinks().push_back(sink);
+    struct Unhook {
+        std::shared_ptr<spdlog::logger> l;
+        ~Unhook() { l->sinks().pop_back(); }
+    } unhook{logger};
+
+    constexpr int kBad = 40;
+    std::vector<Submitted> reqs;
+    for (int i = 0; i < kBad; ++i) reqs.push_back(read_req(2047, 1024));  // crosses the end
+    kick();
+    ASSERT_EQ(wait_used(kBad).size(), std::size_t(kBad));
+    for (auto& r : reqs) EXPECT_EQ(status_of(r), blk::kStatusIoErr);
+
+    const std::string ctx = "dom" + std::to_string(h_->domid) + " blk0 q0: IN sector 2047 len 1024: beyond the end";
+    const auto lines = sink->last_formatted();
+    const auto logged = std::count_if(lines.begin(), lines.end(),
+                                      [&](const std::string& l) { return l.find(ctx) != std::string::npos; });
+    EXPECT_GE(logged, 1) << "no log line with \"" << ctx << "\"";
+    // log::RateLimit{5/s, burst 10} per queue: far fewer lines than requests.
+    EXPECT_LE(logged, 12);
+    EXPECT_EQ(dev_->stats().errors, std::uint64_t(kBad));
 }
 
 TEST_F(Blk, DataLengthMustBeSectorMultiple) {

@@ -317,6 +317,11 @@ TEST_F(NetTest, RxWithoutBuffersStopsReadingAndLosesNothing) {
         EXPECT_EQ(u->len, 12 + sent[i].size());
         EXPECT_EQ(bytes_of(*it, 12, sent[i].size()), sent[i]) << "frame " << i << " out of order";
     }
+    // It stopped reading (the frames waited in the tap) and dropped nothing.
+    const auto st = rig.dev->stats();
+    EXPECT_GE(st.rx_stalls, 1u);
+    EXPECT_EQ(st.rx_dropped, 0u);
+    EXPECT_EQ(st.rx_frames, sent.size());
 }
 
 TEST_F(NetTest, RxMergeableFrameWaitsForMoreBuffers) {
