@@ -417,6 +417,10 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     }
     auto s = GuestSession::start(hv_, xs_.get(), ex_, std::move(pr.plan));
     if (!s) {
+        // Not retried until the guest goes away (or SIGHUP): the error node
+        // written here fires our own watch, and a retry on every rescan
+        // would rebuild and tear down the guest's ioreq server in a loop.
+        refused_guests_.insert(domid);
         for (const auto& d : devs) (void)write_device_error(*xs_, self_, d, "xen-virtiod: " + s.error().message);
         return;
     }
