@@ -32,6 +32,11 @@ static_assert(kPunch < 256 && kZero < 256, "fallocate modes must fit the user_da
 
 std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
 
+/// Pop/submit/reap rounds one run() may do before it yields the I/O
+/// thread: a guest that refills its ring as fast as cached I/O completes
+/// would otherwise keep it forever, starving the other guests' strands.
+constexpr unsigned kRoundBudget = 4;
+
 }  // namespace
 
 Result<std::shared_ptr<QueueWorker>> QueueWorker::create(transport::Virtqueue& vq,
@@ -124,10 +129,15 @@ void QueueWorker::quiesce(std::function<void()> done) {
 
 void QueueWorker::run() {
     if (stopped_) return;
-    for (;;) {
+    bool budget_spent = false;
+    for (unsigned round = 0;; ++round) {
         pump();
         submit();
         if (!reap()) break;
+        if (round + 1 == kRoundBudget) {
+            budget_spent = true;
+            break;
+        }
     }
     if (need_notify_ && vq_) {
         need_notify_ = false;
@@ -136,9 +146,10 @@ void QueueWorker::run() {
     maybe_stopped();
     if (stopped_) return;
     arm();
-    // A completion that arrived after the last reap but before the wait was
-    // registered may have signalled nobody: look once more.
-    if (io_uring_cq_ready(&ring_))
+    // Budget spent: continue behind what other strands posted meanwhile.
+    // Otherwise, a completion that arrived after the last reap but before
+    // the wait was registered may have signalled nobody: look once more.
+    if (budget_spent || io_uring_cq_ready(&ring_))
         boost::asio::post(strand_, [self = shared_from_this()] { self->run(); });
 }
 
