@@ -198,6 +198,11 @@ private:
     boost::asio::steady_timer reap_timer_;
     bool stopping_ = false;
     std::map<xen::DomId, std::shared_ptr<GuestSession>> sessions_;
+    /// Sessions whose orderly stop is under way; stop() waits for them too.
+    std::map<xen::DomId, std::shared_ptr<GuestSession>> closing_;
+    std::function<void()> stop_done_;
+    /// Runs stop_done_ once nothing is closing any more.
+    void maybe_stopped();
     /// One supervised worker (see the diagram above).
     struct Worker {
         int id = -1;                                  ///< pid; -1 while in backoff
