@@ -439,7 +439,23 @@ void GuestManager::stop_guest(xen::DomId domid, const char* why) {
     sessions_.erase(it);
     started_with_.erase(domid);
     ++stats_.sessions_stopped;
-    s->stop([s] {});
+    // Kept until closed: a SIGTERM meanwhile waits for this stop too, so
+    // the guest's grants are unmapped and state 6 written before exit.
+    closing_[domid] = s;
+    auto self = shared_from_this();
+    s->stop([self, domid] {
+        boost::asio::post(self->strand_, [self, domid] {
+            self->closing_.erase(domid);
+            self->maybe_stopped();
+        });
+    });
+}
+
+void GuestManager::maybe_stopped() {
+    if (!stopping_ || !closing_.empty() || !stop_done_) return;
+    auto done = std::move(stop_done_);
+    stop_done_ = nullptr;
+    done();
 }
 
 void GuestManager::arm_watch() {
@@ -472,15 +488,6 @@ void GuestManager::rescan() {
     if (stopping_) return;
     ++stats_.scans;
     ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
-    if (scan.failed) {
-        // xenstored gone or restarting: an incomplete scan must not be read
-        // as "every guest went away". Served guests keep being served; the
-        // watches fire again once xenstore is back (libxenstore re-registers
-        // them), and the next scan decides.
-        spdlog::error("xenstore scan failed, served guests are kept until it answers again: {}",
-                      scan.failed->describe());
-        return;
-    }
     for (auto& [path, err] : scan.errors) {
         if (!reported_.insert(path).second) continue;
         spdlog::error("{}: ignored: {}", path, err.describe());
@@ -650,22 +657,20 @@ void GuestManager::stop(std::function<void()> done) {
             ++(how.signaled || how.status != 0 ? self->stats_.workers_crashed : self->stats_.workers_exited);
         }
         self->workers_.clear();
+        self->stop_done_ = done ? std::move(done) : [] {};
         auto sessions = std::move(self->sessions_);
         self->sessions_.clear();
-        if (sessions.empty()) {
-            if (done) done();
-            return;
-        }
-        auto remaining = std::make_shared<std::size_t>(sessions.size());
-        auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
         for (auto& [dom, s] : sessions) {
             ++self->stats_.sessions_stopped;
-            s->stop([self, s, remaining, shared_done] {
-                boost::asio::post(self->strand_, [remaining, shared_done] {
-                    if (--*remaining == 0 && *shared_done) (*shared_done)();
+            self->closing_[dom] = s;
+            s->stop([self, dom] {
+                boost::asio::post(self->strand_, [self, dom] {
+                    self->closing_.erase(dom);
+                    self->maybe_stopped();
                 });
             });
         }
+        self->maybe_stopped();
     });
 }
 
