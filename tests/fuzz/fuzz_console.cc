@@ -43,6 +43,7 @@ int g_client = -1;
 struct Stream {
     std::uint8_t next_send = 0;
     std::optional<std::uint8_t> expect;  ///< next value the receiver must see (nullopt: resync)
+    bool checking = true;                ///< false once a gap is allowed somewhere ahead
 
     std::vector<std::byte> make(std::size_t n) {
         std::vector<std::byte> v(n);
@@ -57,7 +58,7 @@ struct Stream {
             const std::uint8_t v = std::uint8_t(p[i]);
             if (v == kEmerg) continue;
             FUZZ_CHECK(v < kMod, "%s: byte %u is not from the stream", what, v);
-            if (expect) FUZZ_CHECK(v == *expect, "%s: got %u, expected %u (lost, duplicated or reordered data)", what, v, *expect);
+            if (expect && checking) FUZZ_CHECK(v == *expect, "%s: got %u, expected %u (lost, duplicated or reordered data)", what, v, *expect);
             expect = std::uint8_t((v + 1) % kMod);
         }
     }
@@ -91,6 +92,7 @@ void run(FuzzedDataProvider& in) {
     if (!h.activate(features, g_dev->num_queues(), [&](std::uint16_t q) { return !one_in(in, 16) || q > 1; })) return;
     g_out.expect.reset();  // a new activation: in-flight bytes of the last one may be gone
     g_in.expect.reset();
+    g_out.checking = true;
     const bool indirect = features & transport::feature::bit(transport::feature::kIndirectDesc);
 
     unsigned steps = in.ConsumeIntegralInRange(1, 48);
@@ -102,7 +104,10 @@ void run(FuzzedDataProvider& in) {
                 for (unsigned k = 0; k < n; ++k) {
                     std::size_t len = one_in(in, 16) ? in.ConsumeIntegralInRange<std::size_t>(60000, 70000)
                                                      : in.ConsumeIntegralInRange<std::size_t>(1, 300);
-                    if (len > 4096) g_out.expect.reset();  // may be truncated (TxTooLong)
+                    // Beyond 64 KiB a chain is truncated (TxTooLong): the output
+                    // then has a gap at a point we cannot tell; stop checking
+                    // it until the next activation.
+                    if (len > 4096) g_out.checking = false;
                     ps.push_back(Piece::in(g_out.make(len)));
                 }
                 if (one_in(in, 10)) ps.push_back(Piece::out(16));  // TxHasWritable: data still taken
@@ -195,8 +200,24 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     return 0;
 }
 
+/// After the reset: output the device accepted before it still reaches the
+/// client; let it arrive before the next activation resynchronises (bytes
+/// of chains the reset dropped are legitimately missing in between).
+void settle() {
+    World& w = World::get();
+    for (int quiet = 0, i = 0; quiet < 3 && i < 200; ++i) {
+        std::size_t n = w.poll();
+        std::byte buf[4096];
+        ssize_t k = ::recv(g_client, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+        drain_client();
+        quiet = (n == 0 && k <= 0) ? quiet + 1 : 0;
+        if (quiet) ::usleep(200);
+    }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     FuzzedDataProvider in(data, size);
     run(in);
+    settle();
     return 0;
 }
