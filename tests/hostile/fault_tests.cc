@@ -205,6 +205,21 @@ TEST_F(Fault, DiskStallingForSecondsKeepsEveryRegisterAccessAnswered) {
     const auto t0 = std::chrono::steady_clock::now();
     ASSERT_TRUE(io.start(nb::command(true, 4, transport::mmio_reg::kStatus), 0).has_value());
     const std::uint64_t honest_before = writer_->rounds();
+    {
+        // nonblocking.md guarantee 2: a second access while BUSY sets
+        // ERROR_RETRY and changes nothing else (here: DRIVER_OK etc. must
+        // not reach the status register).
+        auto a = evil().sim().mmio_read(0, io.access_addr(), 4);
+        ASSERT_TRUE(a.has_value());
+        ASSERT_TRUE(*a & nb::kBusy) << "the reset did not wait for the stalled write";
+        ASSERT_TRUE(evil().sim().mmio_write(0, io.access_addr() + 4, 4, 0x0f).has_value());
+        ASSERT_TRUE(evil().sim().mmio_write(0, io.access_addr(), 4, nb::command(true, 4, transport::mmio_reg::kStatus)).has_value());
+        auto b = evil().sim().mmio_read(0, io.access_addr(), 4);
+        ASSERT_TRUE(b.has_value());
+        EXPECT_TRUE(*b & nb::kErrorRetry) << std::hex << *b;
+        EXPECT_FALSE(*b & nb::kErrorInvalid) << std::hex << *b;
+        EXPECT_TRUE(*b & nb::kBusy) << std::hex << *b;
+    }
     std::uint64_t polls = 0, busy_polls = 0;
     std::chrono::nanoseconds worst{0};
     for (;;) {
@@ -223,7 +238,7 @@ TEST_F(Fault, DiskStallingForSecondsKeepsEveryRegisterAccessAnswered) {
     EXPECT_GE(stalled_for, 1500ms);
     EXPECT_LT(worst, 500ms) << "one trapped access took " << std::chrono::duration<double>(worst).count() << " s";
     EXPECT_GT(writer_->rounds(), honest_before + 5) << "the honest guest was held up by the other guest's disk";
-    EXPECT_EQ(evil().status(), 0);
+    EXPECT_EQ(evil().status(), 0) << "the access refused while BUSY reached the status register";
     EXPECT_EQ(evil().sim().mapped_refs(), 0u);
     // The write that was in the kernel completed before the reset finished.
     EXPECT_EQ(disk_->bytes(24 * 512, 4096), data);

@@ -159,6 +159,7 @@ Result<std::unique_ptr<FuseDisk>> FuseDisk::mount(const std::filesystem::path& d
     char* argv[] = {arg0, nullptr};
     fuse_args args = FUSE_ARGS_INIT(1, argv);
     d->se_ = fuse_session_new(&args, &ops, sizeof ops, d.get());
+    fuse_opt_free_args(&args);
     if (!d->se_) return make_error(std::errc::io_error, "fuse_session_new failed");
     if (fuse_session_mount(d->se_, dir.c_str()) != 0) {
         fuse_session_destroy(d->se_);

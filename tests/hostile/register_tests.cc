@@ -98,35 +98,8 @@ TEST_P(NbRegs, AccessesTheRegistersThemselvesAreInvalid) {
     expect_invalid(nb::command(false, 4, self + 4));
 }
 
-TEST_P(NbRegs, SecondAccessWhileBusyGetsErrorRetryAndChangesNothing) {
-    // A reset of a live device keeps the first access BUSY for a while
-    // (queues fenced, device reset); a second access meanwhile is refused.
-    bool seen = false;
-    for (int i = 0; i < 40 && !seen; ++i) {
-        if (i) {
-            auto r = evil().up({.size = 16});
-            ASSERT_TRUE(r.has_value()) << r.error().describe();
-        }
-        const std::uint32_t first = nb::command(true, status_size(), status_off());
-        ASSERT_TRUE(io().start(first, 0).has_value());
-        // Second access, a write of DRIVER_OK to status: must not happen.
-        ASSERT_TRUE(io().start(nb::command(true, status_size(), status_off()), 0x0f).has_value());
-        auto a = evil().sim().mmio_read(0, io().access_addr(), 4);
-        ASSERT_TRUE(a.has_value());
-        if (*a & nb::kErrorRetry) {
-            seen = true;
-            EXPECT_FALSE(*a & nb::kErrorInvalid);
-            EXPECT_EQ(*a & (nb::kWrite | nb::kOffsetMask), first & (nb::kWrite | nb::kOffsetMask))
-                << "ACCESS no longer describes the access in flight";
-        }
-        auto idle = io().wait_idle();
-        ASSERT_TRUE(idle.has_value());
-        if (seen) {
-            EXPECT_EQ(evil().status(), 0) << "the refused second write reached the status register";
-        }
-    }
-    EXPECT_TRUE(seen) << "never caught ACCESS busy";
-}
+// A second access while BUSY: see Fault.DiskStallingForSecondsKeepsEveryRegisterAccessAnswered,
+// where the stalled disk keeps the first access BUSY for seconds (deterministic).
 
 TEST_P(NbRegs, AccessDataWithoutAccessDoesNothing) {
     const std::uint8_t before = evil().status();
