@@ -488,6 +488,15 @@ void GuestManager::rescan() {
     if (stopping_) return;
     ++stats_.scans;
     ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
+    if (scan.failed) {
+        // xenstored gone or restarting: an incomplete scan must not be read
+        // as "every guest went away". Served guests keep being served; the
+        // watches fire again once xenstore is back (libxenstore re-registers
+        // them), and the next scan decides.
+        spdlog::error("xenstore scan failed, served guests are kept until it answers again: {}",
+                      scan.failed->describe());
+        return;
+    }
     for (auto& [path, err] : scan.errors) {
         if (!reported_.insert(path).second) continue;
         spdlog::error("{}: ignored: {}", path, err.describe());
