@@ -363,7 +363,7 @@ Verdicts evaluate(const Config& config, const std::vector<GuestFacts>& guests, c
                             why + ": the guest is not served" +
                                 (safe ? std::string(" (a SafeVM is never served unrestricted)")
                                       : std::string(" (allow_unrestricted = true would accept it)")));
-            v5->device = "*";
+            v5->device = std::string(1, '*');  // not = "*": g++ 12 -O2 warns -Wrestrict falsely (GCC PR 105651)
         }
 
         // TARGET, seed "VirtIO Privileges": "device model hypercalls

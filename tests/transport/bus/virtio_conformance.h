@@ -244,7 +244,9 @@ TYPED_TEST_P(VirtioConformance, RingLayoutIsNegotiated) {
     auto f = this->drv().device_features();
     ASSERT_TRUE(f);
     const std::uint64_t packed = transport::feature::bit(transport::feature::kRingPacked);
-    if (this->kPacked) EXPECT_TRUE(*f & packed) << "RING_PACKED not offered";
+    if (this->kPacked) {
+        EXPECT_TRUE(*f & packed) << "RING_PACKED not offered";
+    }
     auto s = this->negotiate(this->ring_features(*f));
     EXPECT_TRUE(s & transport::status::kFeaturesOk) << "status " << int(s);
 }
