@@ -153,8 +153,7 @@ TEST(DaemonE2E, BackendStateClosingFromXlDestroyStopsTheGuestAndAnswersClosed) {
     ASSERT_EQ(h.manager->sessions().size(), 1u);
     auto& xs = h.sim->toolstack_store();
     // lab-notes: `xl destroy` sets online=0 and state=5, then waits for 6.
-    ASSERT_TRUE(xs.write(be_path(*dom, 0) + "/online", "0").has_value());
-    ASSERT_TRUE(xs.write(be_path(*dom, 0) + "/state", "5").has_value());
+    ASSERT_TRUE(begin_device_removal(xs, be_path(*dom, 0)).has_value());
     EXPECT_TRUE(h.eventually([&] {
         auto s = xs.read(be_path(*dom, 0) + "/state");
         return s && s.value() == "6";

@@ -163,8 +163,7 @@ TEST(DriverDomain, ServesItsTargetGuestWithGrantsAndTeardownLeavesNoZombie) {
 
     // xl destroy: online=0, state=5, wait for 6; then the domain goes.
     auto& xs = h.sim->toolstack_store();
-    ASSERT_TRUE(xs.write(be_path(*g, 0, kDrv) + "/online", "0").has_value());
-    ASSERT_TRUE(xs.write(be_path(*g, 0, kDrv) + "/state", "5").has_value());
+    ASSERT_TRUE(begin_device_removal(xs, be_path(*g, 0, kDrv)).has_value());
     EXPECT_TRUE(h.eventually([&] {
         auto st = xs.read(be_path(*g, 0, kDrv) + "/state");
         return st && st.value() == "6";

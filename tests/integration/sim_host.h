@@ -167,6 +167,25 @@ inline std::string be_path(xen::DomId fe, unsigned devid, xen::DomId backend = 0
            std::to_string(devid);
 }
 
+/// What `xl destroy` / libxl's device removal writes: online=0 and state=5
+/// (Closing) in ONE transaction. Two separate writes would race with the
+/// backend, which may answer 6 after the first and see it overwritten by 5.
+inline Result<void> begin_device_removal(xen::XenStore& xs, const std::string& backend_path) {
+    for (;;) {
+        auto txn = xs.transaction_start();
+        if (!txn) return txn.error();
+        const xen::Txn t = txn.value();
+        auto w = xs.write(backend_path + "/online", "0", t);
+        if (w) w = xs.write(backend_path + "/state", "5", t);
+        if (!w) {
+            (void)xs.transaction_end(t, true);
+            return w;
+        }
+        auto e = xs.transaction_end(t);
+        if (e || e.error().code != std::errc::resource_unavailable_try_again) return e;
+    }
+}
+
 /// Creates the simulated guest `name`.
 inline Result<xen::DomId> create_guest(Host& h, const char* name, unsigned vcpus = 2) {
     xen::sim::DomainConfig dc;
