@@ -150,14 +150,7 @@ private:
     void teardown() {
         bool done = false;
         loop_->stop([&done] { done = true; });
-        for (int i = 0; i < 2000 && !done; ++i) {
-            w_.poll();
-            if (!done) {
-                w_.io.restart();
-                w_.io.run_one_for(std::chrono::milliseconds(1));
-            }
-        }
-        FUZZ_CHECK(done, "the ioreq loop did not stop (a device never finished its reset)");
+        FUZZ_CHECK(run_until(w_, done, 2000), "the ioreq loop did not stop (a device never finished its reset)");
         w_.poll();
         loop_.reset();
         mmio_.reset();

@@ -294,14 +294,7 @@ public:
         finished_ = true;
         bool done = false;
         dev_.reset([&done] { done = true; });
-        for (int i = 0; i < 5000 && !done; ++i) {
-            w_.poll();
-            if (!done) {
-                w_.io.restart();
-                w_.io.run_one_for(std::chrono::milliseconds(1));
-            }
-        }
-        FUZZ_CHECK(done, "device reset did not finish");
+        FUZZ_CHECK(run_until(w_, done, 5000), "device reset did not finish");
         w_.poll();
         qs_.clear();
         w_.poll();

@@ -11,6 +11,7 @@
 #include <fuzzer/FuzzedDataProvider.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -47,6 +48,21 @@ T pick(FuzzedDataProvider& in, std::initializer_list<T> choices) {
 
 /// True with probability about 1/n (n >= 1): how often a value is made
 /// hostile. An exhausted input gives false (the valid choice).
+/// Runs `w`'s work (w.poll(), then up to 1 ms of w.io) until `done` is set
+/// or `max_rounds` rounds passed; returns `done`. `W` is a fuzz World with
+/// poll() and an io_context `io`.
+template <class W>
+bool run_until(W& w, const bool& done, int max_rounds) {
+    for (int i = 0; i < max_rounds && !done; ++i) {
+        w.poll();
+        if (!done) {
+            w.io.restart();
+            w.io.run_one_for(std::chrono::milliseconds(1));
+        }
+    }
+    return done;
+}
+
 inline bool one_in(FuzzedDataProvider& in, unsigned n) { return in.ConsumeIntegralInRange<unsigned>(1, n) == n; }
 
 /// A mostly-in-range integer: with probability 1/`wild` any value of T.
