@@ -230,6 +230,14 @@ struct Supervised {
         return h.start(mo);
     }
     ManagerStats stats() { return h.on_io([&] { return h.manager->stats(); }); }
+    /// Creates guest `name` with one blk device announced as libxl does.
+    Result<xen::DomId> guest_with_blk(const char* name) {
+        auto d = create_guest(h, name);
+        if (!d) return d;
+        if (auto r = h.sim->add_virtio_device(spec(*d, 0, "virtio,device2")); !r) return r.error();
+        return d;
+    }
+
     bool backend_state_is(xen::DomId dom, const char* s) {
         auto v = h.sim->toolstack_store().read(be_path(dom, 0) + "/state");
         return v && v.value() == s;
@@ -244,11 +252,9 @@ struct Supervised {
 TEST(Supervisor, OneWorkerPerGuestServesItAndExitsWhenTheGuestIsDestroyed) {
     TempImage a(4 << 20), b(4 << 20);
     Supervised s(config_with_blk(a, b), true);
-    auto d1 = create_guest(s.h, "g1");
-    auto d2 = create_guest(s.h, "g2");
+    auto d1 = s.guest_with_blk("g1");
+    auto d2 = s.guest_with_blk("g2");
     ASSERT_TRUE(d1 && d2);
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d2, 0, "virtio,device2")).has_value());
     auto v = s.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
     EXPECT_EQ(s.spawner->spawns(), 2u);
@@ -275,11 +281,9 @@ TEST(Supervisor, OneWorkerPerGuestServesItAndExitsWhenTheGuestIsDestroyed) {
 TEST(Supervisor, SigtermStopsEveryWorkerInOrderAndReleasesEverything) {
     TempImage a(4 << 20), b(4 << 20);
     Supervised s(config_with_blk(a, b), true);
-    auto d1 = create_guest(s.h, "g1");
-    auto d2 = create_guest(s.h, "g2");
+    auto d1 = s.guest_with_blk("g1");
+    auto d2 = s.guest_with_blk("g2");
     ASSERT_TRUE(d1 && d2);
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d2, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(s.start().has_value());
     ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2") && s.backend_state_is(*d2, "2"); }));
     blk_roundtrip(*s.h.sim->guest(*d1), kBase, 33, 8, std::vector<std::byte>(4096, std::byte{0x51}));
@@ -300,9 +304,8 @@ TEST(Supervisor, RepeatedCrashesBackOffExponentiallyThenGiveUpWithAnErrorNode) {
     s.backoff_max = 100ms;
     s.limit = 3;
     s.spawner->script_exit(WorkerExit{true, SIGSEGV});
-    auto d1 = create_guest(s.h, "g1");
+    auto d1 = s.guest_with_blk("g1");
     ASSERT_TRUE(d1);
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(s.start().has_value());
     ASSERT_TRUE(s.h.eventually([&] { return s.stats().guests_given_up == 1; }, 10s));
     auto st = s.stats();
@@ -327,9 +330,8 @@ TEST(Supervisor, WorkerRefusedByPolicyOrConfigurationIsNotRestarted) {
     TempImage a(4 << 20), b(4 << 20);
     Supervised s(config_with_blk(a, b), false);
     s.spawner->script_exit(WorkerExit{false, 2});
-    auto d1 = create_guest(s.h, "g1");
+    auto d1 = s.guest_with_blk("g1");
     ASSERT_TRUE(d1);
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(s.start().has_value());
     ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_failed == 1; }));
     std::this_thread::sleep_for(200ms);
@@ -344,9 +346,8 @@ TEST(Supervisor, CrashedWorkerOfADestroyedGuestIsNotRestarted) {
     TempImage a(4 << 20), b(4 << 20);
     Supervised s(config_with_blk(a, b), true);
     s.backoff = 500ms;
-    auto d1 = create_guest(s.h, "g1");
+    auto d1 = s.guest_with_blk("g1");
     ASSERT_TRUE(d1);
-    ASSERT_TRUE(s.h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(s.start().has_value());
     ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2"); }));
     ASSERT_TRUE(s.spawner->crash(*d1));
