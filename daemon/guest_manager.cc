@@ -669,7 +669,8 @@ void GuestManager::stop(std::function<void()> done) {
         self->stop_done_ = done ? std::move(done) : [] {};
         auto sessions = std::move(self->sessions_);
         self->sessions_.clear();
-        for (auto& [dom, s] : sessions) {
+        for (auto& [id, s] : sessions) {
+            const xen::DomId dom = id;  // a structured binding cannot be captured before clang 16
             ++self->stats_.sessions_stopped;
             self->closing_[dom] = s;
             s->stop([self, dom] {
