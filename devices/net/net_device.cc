@@ -787,10 +787,17 @@ NetError Session::ctrl_execute(std::uint8_t cls, std::uint8_t cmd, const std::ve
 NetError Session::set_pairs(std::uint16_t n) {
     // §5.1.6.5.5: 1 <= virtqueue_pairs <= max_virtqueue_pairs.
     if (n < 1 || n > pairs_.size()) return NetError::CtrlBadValue;
+    // §5.1.6.5.5: "The driver MUST configure the virtqueues before enabling
+    // them with the VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET command": both queues of
+    // every pair asked for must have been enabled.
     for (std::size_t i = 0; i < n; ++i) {
         Pair& p = *pairs_[i];
-        std::lock_guard lk(p.rx_mu);
-        if (!p.rxq) return NetError::CtrlBadValue;  // that pair's queues were not enabled
+        {
+            std::lock_guard lk(p.rx_mu);
+            if (!p.rxq) return NetError::CtrlBadValue;
+        }
+        std::lock_guard lk(p.tx_mu);
+        if (!p.txq) return NetError::CtrlBadValue;
     }
     for (std::size_t i = 0; i < pairs_.size(); ++i) {
         Pair& p = *pairs_[i];

@@ -14,7 +14,8 @@
 // Oracles: a frame with a consistent header leaves through the tap byte
 // for byte and in order; an injected frame reaches the guest (when it does)
 // byte for byte and in order; a well-formed control command that was
-// negotiated is acked VIRTIO_NET_OK, a malformed one VIRTIO_NET_ERR; tx
+// negotiated (for VQ_PAIRS_SET: on pairs whose queues are all enabled) is
+// acked VIRTIO_NET_OK, a malformed one VIRTIO_NET_ERR; tx
 // chains are used with len 0 and control chains with len 1;
 // validate_tx_header() never accepts a header the spec forbids.
 #include <arpa/inet.h>
@@ -198,7 +199,8 @@ struct Ctrl {
     bool split = false;
 };
 
-Ctrl control(FuzzedDataProvider& in, std::uint64_t features) {
+/// `enabled[q]`: queue q was enabled at activation.
+Ctrl control(FuzzedDataProvider& in, std::uint64_t features, const std::vector<bool>& enabled) {
     Ctrl c;
     auto has = [&](unsigned f) { return (features & bit(f)) != 0; };
     const int kind = in.ConsumeIntegralInRange(0, 6);
@@ -237,7 +239,15 @@ Ctrl control(FuzzedDataProvider& in, std::uint64_t features) {
             std::uint16_t n = one_in(in, 6) ? pick<std::uint16_t>(in, {0, 3, 0x8000, 0xffff})
                                             : in.ConsumeIntegralInRange<std::uint16_t>(1, kPairs);
             put(c.cmd, n);
-            if (!has(nf::kMq) || n == 0 || n > kPairs) c.expect = Ctrl::Err;
+            if (!has(nf::kMq) || n == 0 || n > kPairs) {
+                c.expect = Ctrl::Err;
+                break;
+            }
+            // §5.1.6.5.5: the driver MUST configure (enable) the queues of
+            // the pairs it asks for; asking for one it left disabled is an
+            // error (found by this target: receiveq2 disabled, pairs = 2).
+            for (std::uint16_t q = 0; q < 2 * n; ++q)
+                if (!enabled[q]) c.expect = Ctrl::Err;
             break;
         }
         case 5:  // unknown class / command
@@ -271,7 +281,12 @@ void run(FuzzedDataProvider& in) {
     const bool has_ctrl = features & bit(nf::kCtrlVq);
     const bool indirect = features & bit(transport::feature::kIndirectDesc);
     Harness h(w, *g_dev);
-    if (!h.activate(features, std::uint16_t(ctrlq + 1), [&](std::uint16_t) { return !one_in(in, 20); })) return;
+    std::vector<bool> enabled;
+    if (!h.activate(features, std::uint16_t(ctrlq + 1), [&](std::uint16_t) {
+            enabled.push_back(!one_in(in, 20));
+            return bool(enabled.back());
+        }))
+        return;
     const auto mac = g_dev->mac();
     // Frames outlive an iteration (the tap queues them, libFuzzer reruns
     // inputs), so the records are process-wide.
@@ -358,7 +373,7 @@ void run(FuzzedDataProvider& in) {
             }
             case 4: {  // control
                 if (!has_ctrl) break;
-                Ctrl c = control(in, features);
+                Ctrl c = control(in, features, enabled);
                 if (c.cmd.empty()) break;
                 std::vector<Piece> ps;
                 if (c.split && c.cmd.size() > 2) {
