@@ -127,7 +127,12 @@ void Core::maybe_release_locked(DomId domid) {
     auto it = domains.find(domid);
     if (it == domains.end()) return;
     Domain& d = *it->second;
-    if (d.dying && d.mapped_pages == 0) domains.erase(it);
+    bool unmapped;
+    {
+        std::lock_guard g(d.grant_mu);
+        unmapped = d.mapped_pages == 0;
+    }
+    if (d.dying && unmapped) domains.erase(it);
 }
 
 Result<DomId> Core::create_domain(const DomainConfig& cfg, std::optional<DomId> want) {
@@ -185,7 +190,10 @@ Result<void> Core::destroy_domain(DomId domid) {
         Domain* d = find_locked(domid);
         if (!d) return errno_error(ESRCH, "destroy " + dom_name(domid) + ": no such domain");
         if (d->dying) return errno_error(ESRCH, "destroy " + dom_name(domid) + ": already dying");
-        d->dying = true;
+        {
+            std::lock_guard g(d->grant_mu);  // grant unmaps read `dying` under it alone
+            d->dying = true;
+        }
         servers = std::move(d->servers);
         d->servers.clear();
         // Close the guest's event channels: backend ends stay bound but dead.
@@ -239,6 +247,7 @@ Result<GrantRef> Core::grant_range(DomId domid, std::uint64_t gfn, std::uint32_t
     if (gfn >= d.pages || n > d.pages - gfn)
         return errno_error(EINVAL, "grant: " + dom_name(domid) + ": frames " + hex(gfn) + "+" + std::to_string(n) +
                                        " outside guest RAM");
+    std::lock_guard g(d.grant_mu);
     // Find n consecutive free refs (first fit), as gnttab_alloc_grant_reference_seq.
     GrantRef start = kFirstRef;
     std::uint32_t run = 0;

@@ -22,11 +22,15 @@
 //                     |                          (when nothing is mapped)       ^
 //                     +---------------------------------------------------------+
 //
-// Locking: Core::mu guards domains, grant tables, event channels, the ioreq
-// server registry and interrupt state. Each ioreq server has its own mutex
-// for the slot handshake (a vCPU waits on it without holding Core::mu). The
-// xenstore has its own mutex. Lock order: Core::mu before Server::mu; the
-// store mutex is never held together with Core::mu.
+// Locking: Core::mu guards domains, event channels, the ioreq server
+// registry and interrupt state. A domain's grant table and its count of
+// mapped pages have their own mutex (Domain::grant_mu), so that a grant map
+// or unmap of one guest takes no process-wide lock; Domain::dying is written
+// with both held, read with either. Each ioreq server has its own mutex for
+// the slot handshake (a vCPU waits on it without holding Core::mu). The
+// xenstore has its own mutex. Lock order: a GrantMapper handle's mutex, then
+// Core::mu, then Domain::grant_mu, then Server::mu; the store mutex is never
+// held together with Core::mu.
 #pragma once
 
 #include <atomic>
@@ -138,7 +142,7 @@ struct Domain {
     DomId id = 0;
     std::string name;
     unsigned vcpus = 1;
-    bool dying = false;
+    bool dying = false;                ///< written with Core::mu and grant_mu held
     bool paused = false;
     std::optional<DomId> target;
 
@@ -148,7 +152,8 @@ struct Domain {
     std::uint64_t pages = 0;
     std::uint64_t next_gfn = 0;
 
-    // Grants.
+    // Grants (guarded by grant_mu; changes by the guest side also hold Core::mu).
+    mutable std::mutex grant_mu;
     std::vector<GrantEntry> grants;    ///< index = ref
     std::uint64_t mapped_pages = 0;    ///< backend page mappings of this domain's refs
 
@@ -203,6 +208,10 @@ public:
     std::map<DomId, std::shared_ptr<Domain>> domains;  ///< live and zombie
     DomId next_domid = 1;
     std::optional<DomId> restricted;   ///< restrict_all()
+    /// `restricted` for readers without Core::mu (set once, with it held):
+    /// kUnrestricted or the domid.
+    static constexpr std::uint32_t kUnrestricted = 0xffffffff;
+    std::atomic<std::uint32_t> restricted_to{kUnrestricted};
 
     ResourceCounters res;
     BoundaryCounters stats;
@@ -221,7 +230,8 @@ public:
     /// EPERM unless this process may use device-model ops on `guest`
     /// (dom0, or a domain whose target is `guest`).
     Result<void> check_dm_priv_locked(DomId guest, const char* what) const;
-    /// Drops a dying domain once nothing maps its grants any more.
+    /// Drops a dying domain once nothing maps its grants any more (takes
+    /// the domain's grant_mu).
     void maybe_release_locked(DomId domid);
 
     // --- domains ------------------------------------------------------------

@@ -9,6 +9,11 @@
 // guest's RW mapping, RO parts into a PROT_READ view of the same memfd, so
 // RO still faults on write; only the bounds are not enforced. Map counts,
 // revocation and zombie release are the same in both placements.
+//
+// Cost: a map or unmap takes the handle's mutex and the guest's grant_mu,
+// not Core::mu (the handle remembers the last guest it mapped; the
+// restriction and XSM checks need no lock), builds no string unless it
+// fails, and allocates nothing once its slots are warm.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -78,9 +83,16 @@ public:
             ++stats_.copy_calls;
             stats_.copy_segments += segs.size();
         }
-        ++core_->stats.grant_copy_calls;
+        core_->stats.grant_copy_calls.fetch_add(1, std::memory_order_relaxed);
         if (segs.size() > kMaxBatch) return errno_error(E2BIG, "grant copy: too many segments");
+        thread_local std::vector<std::byte*> guest;
+        guest.resize(segs.size());
+        // Core::mu keeps the guest side from ending or revoking access
+        // between the checks and the copy; grant_mu (one guest's at a time)
+        // orders the reads with concurrent maps and unmaps.
         std::lock_guard lk(core_->mu);
+        Domain* locked = nullptr;
+        std::unique_lock<std::mutex> g;
         // Check every segment first: the call fails as a whole (the error
         // names the first bad segment), as one GNTTABOP_copy batch checked up front.
         for (std::size_t i = 0; i < segs.size(); ++i) {
@@ -91,20 +103,25 @@ public:
             };
             XV_TRY(checks_locked(s.domid, what));
             Domain& d = *core_->find_locked(s.domid);
+            if (&d != locked) {
+                g = std::unique_lock(d.grant_mu);
+                locked = &d;
+            }
             if (auto f = check_ref(d, s.ref, s.to_guest); f != RefFault::None) return ref_error(f, d, s.ref, what());
             // grant_table.h: the range must lie inside the granted page.
             if (std::size_t(s.offset) + s.len > kPageSize)
                 return errno_error(EINVAL, what() + ": offset " + std::to_string(s.offset) + " + len " +
                                                std::to_string(s.len) + " crosses the page");
             if (s.len && !s.local) return errno_error(EFAULT, what() + ": no local buffer");
+            guest[i] = d.mem + d.grants[s.ref].gfn * kPageSize + s.offset;
         }
-        for (const auto& s : segs) {
-            Domain* d = core_->find_locked(s.domid);
-            std::byte* g = d->mem + d->grants[s.ref].gfn * kPageSize + s.offset;
+        if (g) g.unlock();
+        for (std::size_t i = 0; i < segs.size(); ++i) {
+            const auto& s = segs[i];
             if (s.to_guest)
-                std::memmove(g, s.local, s.len);
+                std::memmove(guest[i], s.local, s.len);
             else
-                std::memmove(s.local, g, s.len);
+                std::memmove(s.local, guest[i], s.len);
         }
         return ok();
     }
@@ -175,35 +192,63 @@ private:
     }
 
     Result<void> map_counted(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
-        auto r = do_map(domid, refs, entries);
-        std::lock_guard lk(mu_);
-        ++stats_.map_calls;
-        ++core_->stats.grant_map_calls;
-        if (!r) ++stats_.map_failures;
-        return r;
-    }
-
-    Result<void> do_map(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
-        std::size_t total = 0;
+        // Mappings the entries still hold are released first (that takes mu_).
         for (auto& e : entries) {
             e.ro_addr = e.rw_addr = nullptr;
             e.map.reset();
             e.map2.reset();
-            total += std::size_t(e.ro) + e.rw;
         }
+        std::lock_guard lk(mu_);
+        auto r = map_locked(domid, refs, entries);
+        ++stats_.map_calls;
+        if (!r) ++stats_.map_failures;
+        core_->stats.grant_map_calls.fetch_add(1, std::memory_order_relaxed);
+        return r;
+    }
+
+    /// Locks the grant table of `domid` for a map, after the restriction,
+    /// XSM and liveness checks, and sets `dom`. Core::mu only when the
+    /// handle does not know the guest yet (or the one it knows is gone or
+    /// dying): then the checks run under it with their exact errors and the
+    /// guest is remembered (weakly: a destroyed guest's memory is not kept).
+    template <class What>
+    Result<std::unique_lock<std::mutex>> lock_guest(DomId domid, const What& what, std::shared_ptr<Domain>& dom) {
+        const std::uint32_t r = core_->restricted_to.load(std::memory_order_acquire);
+        const bool xsm_refuses = core_->opts.xsm == XsmMode::Silo && core_->opts.self_domid != 0 && domid != 0;
+        if (guest_id_ == domid && (r == Core::kUnrestricted || r == domid) && !xsm_refuses) {
+            dom = guest_.lock();
+            if (dom) {
+                std::unique_lock g(dom->grant_mu);
+                if (!dom->dying) return g;
+            }
+        }
+        std::lock_guard lk(core_->mu);
+        XV_TRY(checks_locked(domid, what));
+        dom = core_->domains.find(domid)->second;
+        if (guest_.lock() != dom) {
+            guest_ = dom;
+            guest_id_ = domid;
+            guest_ro_ = nullptr;
+        }
+        // dying is written with Core::mu held: still alive once grant_mu is taken.
+        return std::unique_lock(dom->grant_mu);
+    }
+
+    Result<void> map_locked(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
+        std::size_t total = 0;
+        for (const auto& e : entries) total += std::size_t(e.ro) + e.rw;
         auto what = [&] { return "map " + std::to_string(total) + " grant refs of " + dom_name(domid); };
         if (total == 0) return errno_error(EINVAL, what() + ": no refs");
         if (total > kMaxBatch) return errno_error(E2BIG, what() + ": too many refs");
         if (total > refs.size()) return errno_error(EINVAL, what() + ": entries name more refs than given");
         refs = refs.first(total);
-        std::shared_ptr<Domain> dom;
         thread_local std::vector<std::uint64_t> gfns;
         gfns.resize(total);
+        std::shared_ptr<Domain> dom;
         {
-            std::lock_guard lk(core_->mu);
-            XV_TRY(checks_locked(domid, what));
-            auto it = core_->domains.find(domid);
-            Domain& d = *it->second;
+            auto g = lock_guest(domid, what, dom);
+            if (!g) return std::move(g).error();
+            Domain& d = *dom;
             std::size_t at = 0;
             for (const auto& e : entries) {
                 for (std::uint32_t i = 0; i < e.ro + e.rw; ++i, ++at) {
@@ -213,11 +258,11 @@ private:
                 }
             }
             for (std::size_t i = 0; i < total; ++i) {
-                ++d.grants[refs[i]].map_count;
-                gfns[i] = d.grants[refs[i]].gfn;
+                GrantEntry& ge = d.grants[refs[i]];
+                ++ge.map_count;
+                gfns[i] = ge.gfn;
             }
             d.mapped_pages += total;
-            dom = it->second;
         }
         // Place every part: a view into premapped guest RAM when its frames
         // are contiguous (RW: the guest's own RW mapping; RO: a PROT_READ
@@ -228,7 +273,6 @@ private:
         };
         thread_local std::vector<Placed> placed;
         placed.assign(entries.size(), Placed{});
-        std::byte* ro_base = nullptr;
         std::size_t at = 0;
         for (std::size_t k = 0; k < entries.size(); ++k) {
             for (int part = 0; part < 2; ++part) {
@@ -243,8 +287,8 @@ private:
                     if (part == 1) {
                         placed[k].addr[1] = dom->mem + g[0] * kPageSize;
                     } else {
-                        if (!ro_base) ro_base = ro_view(dom);
-                        if (ro_base) placed[k].addr[0] = ro_base + g[0] * kPageSize;
+                        if (!guest_ro_) guest_ro_ = ro_view(dom);
+                        if (guest_ro_) placed[k].addr[0] = guest_ro_ + g[0] * kPageSize;
                     }
                 }
                 if (!placed[k].addr[part]) {
@@ -255,7 +299,7 @@ private:
                                 if (placed[j].own[p])
                                     ::munmap(placed[j].addr[p],
                                              std::size_t(p == 0 ? entries[j].ro : entries[j].rw) * kPageSize);
-                        undo(domid, refs);
+                        undo(dom, refs);
                         return errno_error(m.error().code.value(), what() + ": " + m.error().message);
                     }
                     placed[k].addr[part] = *m;
@@ -263,45 +307,41 @@ private:
                 }
             }
         }
-        {
-            std::lock_guard lk(mu_);
-            std::size_t pos = 0;
-            for (std::size_t k = 0; k < entries.size(); ++k) {
-                GrantBatchEntry& e = entries[k];
-                if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
-                std::uint32_t slot;
-                if (!free_.empty()) {
-                    slot = free_.back();
-                    free_.pop_back();
-                } else {
-                    slot = std::uint32_t(slots_.size());
-                    slots_.emplace_back();
-                }
-                MapRecord& rec = slots_[slot];
-                rec.dom = dom;
-                rec.refs.assign(refs.begin() + std::ptrdiff_t(pos), refs.begin() + std::ptrdiff_t(pos + e.ro + e.rw));
-                pos += std::size_t(e.ro) + e.rw;
-                for (int p = 0; p < 2; ++p) {
-                    rec.own[p] = placed[k].own[p] ? placed[k].addr[p] : nullptr;
-                    rec.own_pages[p] = p == 0 ? e.ro : e.rw;
-                }
-                rec.addr = e.ro ? placed[k].addr[0] : placed[k].addr[1];
-                rec.live = true;
-                e.ro_addr = placed[k].addr[0];
-                e.rw_addr = placed[k].addr[1];
-                e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
+        std::size_t pos = 0;
+        for (std::size_t k = 0; k < entries.size(); ++k) {
+            GrantBatchEntry& e = entries[k];
+            if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
+            std::uint32_t slot;
+            if (!free_.empty()) {
+                slot = free_.back();
+                free_.pop_back();
+            } else {
+                slot = std::uint32_t(slots_.size());
+                slots_.emplace_back();
             }
-            stats_.pages_mapped += total;
+            MapRecord& rec = slots_[slot];
+            rec.dom = dom;
+            rec.refs.assign(refs.begin() + std::ptrdiff_t(pos), refs.begin() + std::ptrdiff_t(pos + e.ro + e.rw));
+            pos += std::size_t(e.ro) + e.rw;
+            for (int p = 0; p < 2; ++p) {
+                rec.own[p] = placed[k].own[p] ? placed[k].addr[p] : nullptr;
+                rec.own_pages[p] = p == 0 ? e.ro : e.rw;
+            }
+            rec.addr = e.ro ? placed[k].addr[0] : placed[k].addr[1];
+            rec.live = true;
+            e.ro_addr = placed[k].addr[0];
+            e.rw_addr = placed[k].addr[1];
+            e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
         }
-        core_->stats.grant_pages_mapped += total;
-        core_->res.mapped_grant_pages += total;
+        stats_.pages_mapped += total;
+        core_->stats.grant_pages_mapped.fetch_add(total, std::memory_order_relaxed);
+        core_->res.mapped_grant_pages.fetch_add(total, std::memory_order_relaxed);
         return ok();
     }
 
     /// The PROT_READ view of `dom`'s RAM, made on first use (nullptr if
     /// it cannot be made: the caller then mmaps the frames).
     std::byte* ro_view(const std::shared_ptr<Domain>& dom) {
-        std::lock_guard lk(mu_);
         for (auto it = views_.begin(); it != views_.end();) {
             auto v = it->dom.lock();
             if (v == dom) return it->base;
@@ -343,13 +383,23 @@ private:
         return b;
     }
 
-    void undo(DomId domid, std::span<const GrantRef> refs) {
+    /// Takes back the map counts of a failed map.
+    void undo(const std::shared_ptr<Domain>& dom, std::span<const GrantRef> refs) {
+        bool released;
+        {
+            std::lock_guard g(dom->grant_mu);
+            for (GrantRef r : refs) unref_locked(*dom, r);
+            dom->mapped_pages -= refs.size();
+            released = dom->dying && dom->mapped_pages == 0;
+        }
+        if (released) release_zombie(dom);
+    }
+
+    /// A destroyed domain whose last grant mapping went: drop it (Core::mu).
+    void release_zombie(const std::shared_ptr<Domain>& dom) {
         std::lock_guard lk(core_->mu);
-        Domain* d = core_->find_locked(domid);
-        if (!d) return;
-        for (GrantRef r : refs) unref_locked(*d, r);
-        d->mapped_pages -= refs.size();
-        core_->maybe_release_locked(domid);
+        auto it = core_->domains.find(dom->id);
+        if (it != core_->domains.end() && it->second == dom) core_->maybe_release_locked(dom->id);
     }
 
     static void unref_locked(Domain& d, GrantRef r) {
@@ -362,39 +412,44 @@ private:
 
     void release(std::uint64_t cookie, bool count_call) noexcept {
         std::shared_ptr<Domain> dom;
-        thread_local std::vector<GrantRef> refs;
         std::byte* own[2];
         std::uint32_t own_pages[2];
+        std::size_t pages;
+        bool released;
         {
             std::lock_guard lk(mu_);
             const std::size_t slot = cookie - 1;
             if (slot >= slots_.size() || !slots_[slot].live) return;
             MapRecord& rec = slots_[slot];
             dom = std::move(rec.dom);
-            refs.swap(rec.refs);  // both keep their capacity
-            rec.refs.clear();
+            pages = rec.refs.size();
+            {
+                std::lock_guard g(dom->grant_mu);
+                for (GrantRef r : rec.refs) unref_locked(*dom, r);
+                dom->mapped_pages -= pages;
+                // The last unmap of a destroyed domain's grants releases the zombie.
+                released = dom->dying && dom->mapped_pages == 0;
+            }
+            rec.refs.clear();  // keeps its capacity for the slot's next map
             for (int p = 0; p < 2; ++p) own[p] = rec.own[p], own_pages[p] = rec.own_pages[p];
             rec.live = false;
             free_.push_back(std::uint32_t(slot));
-            stats_.pages_unmapped += refs.size();
+            stats_.pages_unmapped += pages;
             if (count_call) ++stats_.unmap_calls;
         }
-        if (count_call) ++core_->stats.grant_unmap_calls;
-        core_->res.mapped_grant_pages -= refs.size();
+        if (count_call) core_->stats.grant_unmap_calls.fetch_add(1, std::memory_order_relaxed);
+        core_->res.mapped_grant_pages.fetch_sub(pages, std::memory_order_relaxed);
         for (int p = 0; p < 2; ++p)
             if (own[p]) ::munmap(own[p], std::size_t(own_pages[p]) * kPageSize);
-        std::lock_guard lk(core_->mu);
-        Domain& d = *dom;
-        for (GrantRef r : refs) unref_locked(d, r);
-        d.mapped_pages -= refs.size();
-        // The last unmap of a destroyed domain's grants releases the zombie.
-        auto it = core_->domains.find(d.id);
-        if (it != core_->domains.end() && it->second == dom) core_->maybe_release_locked(d.id);
+        if (released) release_zombie(dom);
     }
 
     std::shared_ptr<Core> core_;
-    mutable std::mutex mu_;  ///< guards stats_, slots_, free_, views_
+    mutable std::mutex mu_;  ///< guards everything below (held across a whole map)
     GrantStats stats_;
+    std::weak_ptr<Domain> guest_;  ///< the guest mapped last
+    DomId guest_id_ = 0;
+    std::byte* guest_ro_ = nullptr;  ///< its PROT_READ view, once made
     std::vector<MapRecord> slots_;
     std::vector<std::uint32_t> free_;
     std::vector<RoView> views_;

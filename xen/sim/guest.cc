@@ -60,6 +60,7 @@ public:
 
     Result<void> end_access(GrantRef ref) override {
         std::lock_guard lk(core_->mu);
+        std::lock_guard g(d_->grant_mu);
         std::string what = "end access to ref " + std::to_string(ref) + " of " + dom_name(d_->id);
         if (ref >= d_->grants.size() || !d_->grants[ref].in_use) return errno_error(EINVAL, what + ": not granted");
         GrantEntry& e = d_->grants[ref];
@@ -71,6 +72,7 @@ public:
 
     void revoke(GrantRef ref) override {
         std::lock_guard lk(core_->mu);
+        std::lock_guard g(d_->grant_mu);
         if (ref >= d_->grants.size() || !d_->grants[ref].in_use) return;
         GrantEntry& e = d_->grants[ref];
         if (e.map_count)
@@ -94,13 +96,13 @@ public:
     std::byte* dma_ptr(std::uint64_t dma_addr) override {
         if (!grant_dma::is_grant(dma_addr)) return nullptr;
         std::uint64_t ref = grant_dma::first_ref(dma_addr);
-        std::lock_guard lk(core_->mu);
+        std::lock_guard lk(d_->grant_mu);
         if (ref >= d_->grants.size() || !d_->grants[ref].in_use || !d_->mem) return nullptr;
         return d_->mem + d_->grants[ref].gfn * kPageSize + grant_dma::offset(dma_addr);
     }
 
     std::uint64_t mapped_refs() const override {
-        std::lock_guard lk(core_->mu);
+        std::lock_guard lk(d_->grant_mu);
         return std::uint64_t(std::count_if(d_->grants.begin(), d_->grants.end(),
                                            [](const GrantEntry& e) { return e.in_use && e.map_count > 0; }));
     }

@@ -88,6 +88,7 @@ public:
             return errno_error(EPERM, "restrict all handles to " + dom_name(domid) + ": already restricted to " +
                                           dom_name(*core_->restricted));
         core_->restricted = domid;
+        core_->restricted_to.store(domid, std::memory_order_release);
         return ok();
     }
 
