@@ -141,6 +141,16 @@ public:
         return ok();
     }
 
+    Result<void> set_target(DomId dm, DomId target) override {
+        errno = 0;
+        // xenstore.h: bool xs_set_target(h, domid, target); xenstored answers
+        // EACCES to an unprivileged connection.
+        if (!xs_set_target(h_, dm, target))
+            return fail("xs_set_target", "give dom" + std::to_string(dm) + " xenstore access to dom" +
+                                             std::to_string(target) + "'s nodes");
+        return ok();
+    }
+
     int watch_fd() const override { return fd_; }
 
     Result<std::optional<WatchEvent>> read_watch() override {

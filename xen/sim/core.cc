@@ -132,7 +132,15 @@ void Core::maybe_release_locked(DomId domid) {
         std::lock_guard g(d.grant_mu);
         unmapped = d.mapped_pages == 0;
     }
-    if (d.dying && unmapped) domains.erase(it);
+    if (!d.dying || !unmapped) return;
+    // Xen keeps a device model's reference on its target until the device
+    // model itself is destroyed (xen/common/domctl.c XEN_DOMCTL_set_target,
+    // put in complete_domain_destroy): the target stays a zombie till then.
+    for (auto& [id, other] : domains)
+        if (id != domid && other->target && *other->target == domid) return;
+    const std::optional<DomId> held = d.target;
+    domains.erase(it);
+    if (held) maybe_release_locked(*held);
 }
 
 Result<DomId> Core::create_domain(const DomainConfig& cfg, std::optional<DomId> want) {
@@ -204,9 +212,8 @@ Result<void> Core::destroy_domain(DomId domid) {
             }
             p = PortEntry{};
         }
-        // A domain that was a target loses its device model link.
-        for (auto& [id, other] : domains)
-            if (other->target && *other->target == domid) other->target.reset();
+        // A device model keeps its target (and the reference on it) when
+        // the target is destroyed: a domain has one target for life.
         maybe_release_locked(domid);
     }
     for (auto& s : servers) {
@@ -234,7 +241,6 @@ Result<void> Core::set_target(DomId dm, DomId guest) {
         if (dm == guest || (*br)->target) return errno_error(EINVAL, what + ": target already set");
         (*br)->target = guest;
     }
-    store_set_target(*store, dm, guest);
     return ok();
 }
 

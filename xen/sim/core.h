@@ -69,8 +69,11 @@ void store_domain_released(Store& s, DomId domid);
 /// watch of every connection fires once, as after a reconnect).
 void store_set_up(Store& s, bool up);
 /// Records that `dm` is the device model of `guest` (xenstored gives it
-/// the guest's access rights).
+/// the guest's access rights) and writes /local/domain/<dm>/target, as the
+/// whole toolstack step does.
 void store_set_target(Store& s, DomId dm, DomId guest);
+/// XS_SET_TARGET alone (xenstored's access rights, no key).
+void store_set_xs_target(Store& s, DomId dm, DomId guest);
 
 /// The first grant ref handed out (Linux reserves 0..7, GNTTAB_NR_RESERVED_ENTRIES).
 inline constexpr GrantRef kFirstRef = 8;
@@ -237,7 +240,7 @@ public:
     // --- domains ------------------------------------------------------------
     Result<DomId> create_domain(const DomainConfig& cfg, std::optional<DomId> want = std::nullopt);
     Result<void> destroy_domain(DomId domid);
-    /// xc_domain_set_target(dm, guest) by dom0, plus the xenstore key.
+    /// xc_domain_set_target(dm, guest) by dom0 (Xen's side only: xenstored's is store_set_xs_target).
     Result<void> set_target(DomId dm, DomId guest);
 
     // --- grants ---------------------------------------------------------------

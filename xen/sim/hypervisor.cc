@@ -133,8 +133,16 @@ public:
         return ok();
     }
 
-    Result<void> set_target(DomId device_model, DomId guest) override {
-        return core_->set_target(device_model, guest);
+    Result<void> set_target(DomId device_model, DomId guest, bool xenstored) override {
+        // The toolstack's whole step: Xen's target, xenstored's, the key.
+        XV_TRY(core_->set_target(device_model, guest));
+        if (xenstored) {
+            store_set_target(*core_->store, device_model, guest);
+        } else {
+            XV_TRY(toolstack_->write("/local/domain/" + std::to_string(device_model) + "/target",
+                                     std::to_string(guest)));
+        }
+        return ok();
     }
 
     XenStore& toolstack_store() override { return *toolstack_; }

@@ -324,6 +324,19 @@ public:
         return run_void(path, t, "set_perms", [&](Ops& o, const std::string& p) { return o.set_perms(p, perms); });
     }
 
+    Result<void> set_target(DomId dm, DomId target) override {
+        // xenstored do_set_target: only a privileged connection may.
+        if (domid_ != 0)
+            return errno_error(EACCES, "xenstore set_target dom" + std::to_string(dm) + " -> dom" +
+                                           std::to_string(target) + ": only dom0 may");
+        {
+            std::lock_guard lk(s_.mu);
+            if (!s_.up) return down_error("set_target", "");
+        }
+        store_set_xs_target(s_, dm, target);
+        return ok();
+    }
+
     Result<Txn> transaction_start() override {
         std::lock_guard lk(s_.mu);
         if (!s_.up) return down_error("transaction_start", "");
@@ -598,6 +611,11 @@ void store_domain_released(Store& s, DomId domid) {
     for (auto it = s.targets.begin(); it != s.targets.end();)
         it = it->second == domid ? s.targets.erase(it) : std::next(it);
     s.fire_special_locked("@releaseDomain");
+}
+
+void store_set_xs_target(Store& s, DomId dm, DomId guest) {
+    std::lock_guard lk(s.mu);
+    s.targets[dm] = guest;
 }
 
 void store_set_target(Store& s, DomId dm, DomId guest) {

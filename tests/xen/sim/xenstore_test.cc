@@ -350,9 +350,10 @@ TEST(SimDomains, InfoListAndTarget) {
     auto second = dc.set_target(*drv, *id);
     ASSERT_FALSE(second);
     EXPECT_EQ(second.error().code, std::errc::invalid_argument);
-    auto tk = hv->toolstack_store().read("/local/domain/" + std::to_string(*drv) + "/target");
-    ASSERT_TRUE(tk);
-    EXPECT_EQ(*tk, std::to_string(*id));
+    EXPECT_EQ(dc.info(*drv)->target, std::optional<DomId>(*id));
+    // xc_domain_set_target is Xen's side only: the key and xenstored's
+    // target are the toolstack's (xen-virtiod attach) to write.
+    EXPECT_FALSE(hv->toolstack_store().read("/local/domain/" + std::to_string(*drv) + "/target"));
     EXPECT_EQ(dc.xsm_mode(), XsmMode::Dummy);
     auto self = hv->self_domid();
     ASSERT_TRUE(self);
@@ -415,6 +416,28 @@ TEST(SimDomains, DestroyWithoutMappingsIsImmediate) {
     EXPECT_TRUE(hv->zombies().empty());
     EXPECT_FALSE(hv->destroy_domain(0));
     EXPECT_FALSE(hv->destroy_domain(999));
+}
+
+TEST(SimDomains, ADeviceModelHoldsItsDestroyedTargetUntilItIsDestroyedItself) {
+    // xen/common/domctl.c XEN_DOMCTL_set_target: "Hold reference on @e
+    // until we destroy @d"; and a second target is EINVAL.
+    auto hv = SimHypervisor::create();
+    auto drv = hv->create_domain({"drv", 16, 1});
+    auto g = hv->create_domain({"g", 16, 1});
+    auto g2 = hv->create_domain({"g2", 16, 1});
+    ASSERT_TRUE(drv && g && g2);
+    ASSERT_TRUE(hv->set_target(*drv, *g));
+    ASSERT_TRUE(hv->destroy_domain(*g));
+    EXPECT_EQ(hv->zombies(), std::vector<DomId>{*g});
+    auto ctl = hv->open_domain_control();
+    ASSERT_TRUE(ctl);
+    EXPECT_EQ((*ctl)->info(*drv)->target, std::optional<DomId>(*g));
+    auto again = (*ctl)->set_target(*drv, *g2);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, std::errc::invalid_argument);
+    ASSERT_TRUE(hv->destroy_domain(*drv));
+    EXPECT_TRUE(hv->zombies().empty());
+    EXPECT_FALSE((*ctl)->info(*g));
 }
 
 TEST(SimDomains, RestrictAllSemantics) {

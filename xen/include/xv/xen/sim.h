@@ -227,10 +227,13 @@ public:
     /// Domains destroyed but still referenced by backend mappings.
     virtual std::vector<DomId> zombies() const = 0;
     /// Gives `device_model` device-model privilege over `guest` as the
-    /// toolstack in dom0 does (xc_domain_set_target + xenstore `target`).
+    /// toolstack in dom0 does (xc_domain_set_target, xenstored's
+    /// XS_SET_TARGET and the xenstore `target` key).
     /// A driver-domain backend (SimOptions::self_domid != 0) needs it for
     /// every DeviceModel operation on the guest. EINVAL when a target is set.
-    virtual Result<void> set_target(DomId device_model, DomId guest) = 0;
+    /// `xenstored = false` leaves out XS_SET_TARGET (a toolstack that only
+    /// calls xc_domain_set_target and writes the key).
+    virtual Result<void> set_target(DomId device_model, DomId guest, bool xenstored = true) = 0;
 
     /// A privileged xenstore connection (the toolstack's view).
     virtual XenStore& toolstack_store() = 0;

@@ -62,6 +62,17 @@ public:
     /// Next queued watch event, or nullopt.
     virtual Result<std::optional<WatchEvent>> read_watch() = 0;
 
+    /// Lets domain `dm` act on `target`'s nodes as `target` may (XS_SET_TARGET,
+    /// libxenstore xs_set_target; libxl does it for a stub device model next
+    /// to xc_domain_set_target). Without it a driver domain cannot even read
+    /// its guest's /local/domain/<target>/name. Only a privileged connection
+    /// (Dom0) may.
+    virtual Result<void> set_target(DomId dm, DomId target) {
+        return make_error(std::errc::function_not_supported, "xenstore set_target dom" + std::to_string(dm) +
+                                                                 " -> dom" + std::to_string(target) +
+                                                                 ": not supported by this store");
+    }
+
     /// "/local/domain/<domid>".
     virtual std::string domain_path(DomId domid) const {
         return "/local/domain/" + std::to_string(domid);
