@@ -12,6 +12,7 @@
 #endif
 extern "C" {  // the Xen 4.17 headers carry no extern "C" guards of their own
 #include <xenctrl.h>
+#include <xenevtchn.h>
 #include <xen/version.h>
 }
 #ifdef XV_WAS_STRICT_ANSI
@@ -100,8 +101,43 @@ public:
         cmdline[sizeof cmdline - 1] = '\0';
         // Without "xsm=" the default depends on the build (Debian Arm: SILO),
         // which is not knowable from here.
-        return parse_xsm_cmdline(cmdline);
+        XsmMode m = parse_xsm_cmdline(cmdline);
+        if (m == XsmMode::Unknown) m = probe_silo();
+        return m;
     }
+
+private:
+    /// A DomU reads "<denied>" for Xen's command line (xsm_xen_version:
+    /// XENVER_commandline is XSM_PRIV). A driver domain with a target can
+    /// still tell SILO from dummy: an unbound event channel for its target
+    /// (EVTCHNOP_alloc_unbound, what privcmd's IOCTL_EVTCHN_BIND_UNBOUND_PORT
+    /// issues) is refused by SILO between two DomUs (xsm/silo.c
+    /// silo_evtchn_unbound: EPERM) and allowed by dummy (XSM_TARGET on
+    /// itself). Unknown when there is no target or the probe says neither.
+    XsmMode probe_silo() {
+        if (!xs_) return XsmMode::Unknown;
+        auto self = xs_->read("domid");
+        auto target = xs_->read("target");
+        if (!self || !target) return XsmMode::Unknown;
+        auto s = parse_domid(*self), t = parse_domid(*target);
+        if (!s || !t || *s == 0 || *t == 0 || *s == *t) return XsmMode::Unknown;
+        xenevtchn_handle* h = xenevtchn_open(nullptr, 0);
+        if (!h) return XsmMode::Unknown;
+        errno = 0;
+        xenevtchn_port_or_error_t p = xenevtchn_bind_unbound_port(h, *t);
+        const int err = errno;
+        XsmMode m = XsmMode::Unknown;
+        if (p >= 0) {
+            (void)xenevtchn_unbind(h, evtchn_port_t(p));
+            m = XsmMode::Dummy;
+        } else if (err == EPERM || err == EACCES) {
+            m = XsmMode::Silo;
+        }
+        xenevtchn_close(h);
+        return m;
+    }
+
+public:
 
 private:
     /// Xen does not report a domain's device-model target; the toolstack
