@@ -99,6 +99,7 @@ namespace {
 
 constexpr std::size_t kIovMax = 1024;  // UIO_MAXIOV
 constexpr unsigned kTxBudget = 256;
+constexpr unsigned kTxBatch = 64;  // chains popped (and grant-mapped) together
 constexpr unsigned kRxBudget = 256;
 
 /// What is shared by the device object and its sessions (outlives both).
@@ -160,8 +161,12 @@ struct Pair {
     Virtqueue* txq = nullptr;
     std::optional<asio::posix::stream_descriptor> txd;
     bool tx_waiting = false;
-    std::optional<DescriptorChain> tx_pending;
-    VirtioNetHdr tx_hdr{};
+    /// Chains popped in one batch (one grant map call) and their validated
+    /// headers; tx_next is the first not yet written to the tap (the rest
+    /// wait there while the tap is full).
+    std::vector<DescriptorChain> tx_batch;
+    std::vector<VirtioNetHdr> tx_hdrs;
+    std::size_t tx_next = 0;
     std::vector<iovec> tx_iov;          ///< the writev list, kept between frames
     std::vector<std::byte> tx_bounce;
 };
@@ -274,6 +279,8 @@ Result<void> Session::start() {
             p->txq = txq;
             p->txd.emplace(txq->strand(), d);
             p->tx_iov.reserve(64);
+            p->tx_batch.reserve(kTxBatch);
+            p->tx_hdrs.reserve(kTxBatch);
         }
         p->enabled = (i == 0);
         pairs_.push_back(std::move(p));
@@ -306,7 +313,9 @@ void Session::stop() {
         {
             std::lock_guard lk(p->tx_mu);
             p->tx_stopped = true;
-            p->tx_pending.reset();
+            p->tx_batch.clear();
+            p->tx_hdrs.clear();
+            p->tx_next = 0;
             boost::system::error_code ec;
             if (p->txd) p->txd->close(ec);
             p->txq = nullptr;
@@ -582,30 +591,45 @@ void Session::tx_pump(Pair& p) {
     unsigned budget = 0;
     std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
     std::uint64_t frames = 0, bytes = 0;
-    for (; budget < kTxBudget; ++budget) {
-        if (!p.tx_pending) {
-            DescriptorChain c;
-            if (next_chain(*p.txq, c) != Next::Chain) break;
-            std::uint32_t frame_len = 0;
-            NetError e = tx_prepare(c, p.tx_hdr, frame_len);
-            if (e != NetError::None) {
-                core_->n.tx_dropped++;
-                XV_LOG_LIMITED(core_->rl, spdlog::level::warn,
-                               "{}: tx frame dropped: {} (len {}, flags {:#x}, gso_type {:#x}, hdr_len {}, csum {}+{})",
-                               qname(p.txq), net_error_name(e), c.readable_bytes(), p.tx_hdr.flags, p.tx_hdr.gso_type,
-                               p.tx_hdr.hdr_len, p.tx_hdr.csum_start, p.tx_hdr.csum_offset);
-                p.txq->push(std::move(c), 0);
-                pushed = true;
-                continue;
+    bool more = true;
+    while (more && budget < kTxBudget) {
+        if (p.tx_next == p.tx_batch.size()) {
+            // Take a batch off the ring: one grant map call for all its
+            // chains; each is validated once, its header copied (the guest
+            // cannot change it after validation).
+            p.tx_batch.clear();
+            p.tx_hdrs.clear();
+            p.tx_next = 0;
+            if (next_chains(*p.txq, std::min<unsigned>(kTxBatch, kTxBudget - budget), p.tx_batch) != Next::Chain) break;
+            std::size_t keep = 0;
+            for (std::size_t i = 0; i < p.tx_batch.size(); ++i) {
+                DescriptorChain& c = p.tx_batch[i];
+                VirtioNetHdr hdr{};
+                std::uint32_t frame_len = 0;
+                NetError e = tx_prepare(c, hdr, frame_len);
+                if (e != NetError::None) {
+                    core_->n.tx_dropped++;
+                    XV_LOG_LIMITED(core_->rl, spdlog::level::warn,
+                                   "{}: tx frame dropped: {} (len {}, flags {:#x}, gso_type {:#x}, hdr_len {}, csum {}+{})",
+                                   qname(p.txq), net_error_name(e), c.readable_bytes(), hdr.flags, hdr.gso_type,
+                                   hdr.hdr_len, hdr.csum_start, hdr.csum_offset);
+                    p.txq->push(std::move(c), 0);
+                    pushed = true;
+                    ++budget;
+                    continue;
+                }
+                hdr.num_buffers = 0;
+                p.tx_hdrs.push_back(hdr);
+                if (keep != i) p.tx_batch[keep] = std::move(c);
+                ++keep;
             }
-            p.tx_pending.emplace(std::move(c));
+            p.tx_batch.resize(keep);
+            continue;
         }
-        DescriptorChain& c = *p.tx_pending;
+        DescriptorChain& c = p.tx_batch[p.tx_next];
         const std::size_t frame_len = c.readable_bytes() - hdr_len_;
-        VirtioNetHdr h = p.tx_hdr;
-        h.num_buffers = 0;
         iov.clear();
-        iov.push_back({&h, hdr_len_});
+        iov.push_back({&p.tx_hdrs[p.tx_next], hdr_len_});
         // The frame: the readable segments after the header, without
         // allocating per frame.
         std::size_t skip = hdr_len_;
@@ -633,7 +657,8 @@ void Session::tx_pump(Pair& p) {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                tx_arm(p);  // keep the chain; resend once the tap has room
+                tx_arm(p);  // keep the chains; resend once the tap has room
+                more = false;
                 break;
             }
             core_->n.tx_dropped++;
@@ -645,12 +670,13 @@ void Session::tx_pump(Pair& p) {
         }
         // §5.1.6.2: tx buffers are device-readable only: used length 0.
         p.txq->push(std::move(c), 0);
-        p.tx_pending.reset();
+        ++p.tx_next;
+        ++budget;
         pushed = true;
     }
     core_->n.tx_frames += frames;
     core_->n.tx_bytes += bytes;
-    if (budget == kTxBudget) post_pump(p, Dir::Tx);
+    if (budget >= kTxBudget && !p.tx_waiting) post_pump(p, Dir::Tx);
     if (pushed) p.txq->notify_guest();
 }
 
