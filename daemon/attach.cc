@@ -109,18 +109,39 @@ int attach_command(const AttachOptions& opts, xen::Hypervisor& hv, std::ostream&
         return bi.error().code == std::errc::no_such_process ? kUsage : kXen;
     }
     const std::string key = "/local/domain/" + std::to_string(*be) + "/target";
+    // Xen keeps a device-model domain's target for the device-model
+    // domain's whole life (xen/common/domctl.c XEN_DOMCTL_set_target: "Hold
+    // reference on @e until we destroy @d"; no call undoes it).
+    const char* for_life =
+        "a domain has one target for its whole life: Xen keeps it, and the destroyed guest as a (null) domain, "
+        "until the driver domain itself is destroyed";
     if (bi.value().target) {
         if (*bi.value().target != *guest) {
+            const xen::DomId old = *bi.value().target;
+            auto oi = dc.value()->info(old);
+            const bool gone = (!oi && oi.error().code == std::errc::no_such_process) || (oi && oi.value().dying);
             err << "xen-virtiod attach: driver domain " << dom(*be) << " already has device-model privilege over "
-                << dom(*bi.value().target)
-                << " (a domain has one target: xc_domain_set_target gives EINVAL): use one driver domain per guest, "
-                   "or destroy "
-                << dom(*bi.value().target) << " first\n";
+                << dom(old) << (gone ? ", which was destroyed" : "") << " (" << for_life
+                << "): use one driver domain per guest; to serve " << dom(*guest) << " from " << opts.backend
+                << ", restart the driver domain (xl destroy " << opts.backend << "; xl create <its cfg>)"
+                << (gone ? "" : " after destroying " + dom(old)) << "\n";
             return kUsage;
         }
         out << dom(*be) << " already has device-model privilege over " << dom(*guest) << "\n";
     } else if (auto r = dc.value()->set_target(*be, *guest); !r) {
-        err << "xen-virtiod attach: xc_domain_set_target(" << *be << ", " << *guest << "): " << r.error().describe()
+        err << "xen-virtiod attach: xc_domain_set_target(" << *be << ", " << *guest << "): " << r.error().describe();
+        if (r.error().code == std::errc::invalid_argument)
+            err << " (Xen: " << dom(*be) << " already has a target although " << key << " does not say so; "
+                << for_life << ")";
+        err << "\n";
+        return kXen;
+    }
+    // xenstored's side of the same privilege (XS_SET_TARGET, as libxl does
+    // for a stub device model): the driver domain may then read the
+    // guest's nodes, its name among them ([[device]] guest = "name").
+    // Repeated on a retried attach; xenstored accepts it again.
+    if (auto r = xs.value()->set_target(*be, *guest); !r) {
+        err << "xen-virtiod attach: xenstore set_target(" << *be << ", " << *guest << "): " << r.error().describe()
             << "\n";
         return kXen;
     }

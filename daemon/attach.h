@@ -5,14 +5,15 @@
 //   xl create -p guest.cfg -> xen-virtiod attach --backend-domain D --guest G -> xl unpause G
 //
 // It gives driver domain D device-model privilege over guest G
-// (xc_domain_set_target(D, G) and /local/domain/D/target = G) after
+// (xc_domain_set_target(D, G), xenstored's set_target so that D may read
+// G's nodes, and /local/domain/D/target = G) after
 // checking, in this order, with a message saying what to do:
 //
 //   both domains exist (domid or xenstore name), D != G, neither is Dom0  else exit 1
 //   Xen's XSM mode: SILO refuses DomU<->DomU backends                     else exit 3
 //   G is alive and still paused (the backend must be ready before it boots) else exit 1
 //   D has no target yet (a domain has one), or already G (nothing to do)   else exit 1
-//   set_target, then the xenstore key                                      else exit 3
+//   set_target, xenstore set_target, then the key                          else exit 3
 #pragma once
 
 #include <iosfwd>

@@ -253,6 +253,9 @@ Result<Verdicts> GuestManager::start() {
     }
     (void)xs_->watch("@introduceDomain", "introduce");
     (void)xs_->watch("@releaseDomain", "release");
+    // In a driver domain, `xen-virtiod attach` (Dom0) writes our target key
+    // once we may act on a guest: a guest found before that is picked up then.
+    if (self_ != 0) (void)xs_->watch(xs_->domain_path(self_) + "/target", "target");
 
     // The first scan decides whether we start at all (safety-policy.md).
     ScanResult scan = scan_announced_devices(*xs_, self_, opts_.only_guest);
@@ -344,14 +347,54 @@ bool GuestManager::guest_alive(xen::DomId domid) {
     return bool(xs_->read("/local/domain/" + std::to_string(domid) + "/name"));
 }
 
-std::string GuestManager::guest_name(xen::DomId domid) {
-    if (auto n = xs_->read("/local/domain/" + std::to_string(domid) + "/name")) {
+std::string GuestManager::guest_name(xen::DomId domid, std::string* why) {
+    auto n = xs_->read("/local/domain/" + std::to_string(domid) + "/name");
+    if (n) {
         std::string s = n.value().substr(0, 64);
         for (char& c : s)
             if (c < 0x20 || c > 0x7e) c = '?';
         return s;
     }
+    if (why) *why = n.error().describe();
     return {};
+}
+
+bool GuestManager::has_target(xen::DomId domid) {
+    // Dom0 acts on every guest. Under FLASK the policy, not a target, may
+    // grant device-model operations (lab-notes "A backend in a driver
+    // domain"): try, and let a refused call explain itself.
+    if (self_ == 0 || host_.xsm == xen::XsmMode::Flask) return true;
+    const std::string key = xs_->domain_path(self_) + "/target";
+    auto t = xs_->read(key);
+    std::optional<std::uint64_t> target;
+    if (t) target = parse_xs_uint(t.value(), 0x7fef);
+    if (target && *target == domid) {
+        if (waiting_target_.erase(domid)) spdlog::info("dom{}: {} = {}: device-model privilege given", domid, key, domid);
+        return true;
+    }
+    if (waiting_target_.insert(domid).second)
+        spdlog::warn("dom{}: waiting for device-model privilege over it ({} is {}): nothing is set up before that "
+                     "(an ioreq server would be refused with EPERM). In Dom0, while the guest is paused: "
+                     "xen-virtiod attach --backend-domain {} --guest {}",
+                     domid, key, t ? "dom" + t.value() : std::string("absent"), self_, domid);
+    return false;
+}
+
+std::string GuestManager::unreadable_name_problem(xen::DomId domid, const std::string& why) const {
+    std::set<std::string> names;
+    for (const auto& e : config_.devices)
+        if (!e.guest_id && !e.guest_name.empty()) names.insert(e.guest_name);
+    for (const auto& d : config_.domains)
+        if (!d.id && !d.name.empty()) names.insert(d.name);
+    if (names.empty()) return {};
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "'" : ", '") + n + "'";
+    return "the name of dom" + std::to_string(domid) + " cannot be read from this domain (/local/domain/" +
+           std::to_string(domid) + "/name: " + why + "), so the configuration entries that name a guest (" + list +
+           ") cannot be matched to it and its class and devices are unknown; name the guest by domid in " +
+           "xen-virtiod.toml (guest = " + std::to_string(domid) + ", [[domain]] id = " + std::to_string(domid) +
+           "), or give this domain xenstore access to it from Dom0 (xen-virtiod attach --backend-domain " +
+           std::to_string(self_) + " --guest " + std::to_string(domid) + " does, with xenstored's set_target)";
 }
 
 void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevice>& devs, bool at_start,
@@ -361,7 +404,21 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     // A worker (or a restarted one) finds the whole device set itself.
     if (workers_.count(domid)) return;
     if (sessions_.count(domid)) return refuse_late_devices(domid, devs);
-    const std::string name = guest_name(domid);
+    if (!has_target(domid)) return;  // picked up when `attach` writes our target key
+    std::string name_why;
+    const std::string name = guest_name(domid, &name_why);
+    if (name.empty()) {
+        // A driver domain without xenstored's target privilege cannot read
+        // the guest's name: entries naming a guest would silently not match
+        // (a SafeVM's class lost, a generic slot without its type).
+        if (std::string why = unreadable_name_problem(domid, name_why); !why.empty()) {
+            spdlog::error("dom{}: not served: {}", domid, why);
+            ++stats_.guests_refused;
+            refused_guests_.insert(domid);
+            for (const auto& d : devs) (void)write_device_error(*xs_, self_, d, "xen-virtiod: " + why);
+            return;
+        }
+    }
 
     // Evaluate the policy for this guest (again: guests found later).
     auto facts = guest_facts(domid, devs);
@@ -520,6 +577,7 @@ void GuestManager::rescan() {
         if (!guest_alive(dom)) refused_guests_.erase(dom);
     for (auto dom : std::vector<xen::DomId>(given_up_.begin(), given_up_.end()))
         if (!guest_alive(dom)) given_up_.erase(dom);
+    std::erase_if(waiting_target_, [&](xen::DomId dom) { return !guest_alive(dom); });
 
     auto want = wanted(scan);
     for (auto& [dom, devs] : want) start_guest(dom, devs, false, nullptr);

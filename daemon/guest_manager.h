@@ -176,7 +176,16 @@ private:
     /// Policy facts of one guest: announced devices plus configured pci ones.
     std::vector<GuestFacts> guest_facts(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
     bool guest_alive(xen::DomId domid);
-    std::string guest_name(xen::DomId domid);
+    /// The guest's xenstore name; empty, with the reason in `why`, when it
+    /// cannot be read (a driver domain without xenstore target privilege).
+    std::string guest_name(xen::DomId domid, std::string* why = nullptr);
+    /// False (logged once) while this driver domain lacks device-model
+    /// privilege over `domid`: its /local/domain/<self>/target, written by
+    /// `xen-virtiod attach` in Dom0, names another domain or none.
+    bool has_target(xen::DomId domid);
+    /// Why configuration entries naming a guest by name cannot apply to
+    /// `domid` whose name is unreadable; empty when no entry names a guest.
+    std::string unreadable_name_problem(xen::DomId domid, const std::string& why) const;
     void spawn_worker(xen::DomId domid);
     void reap_workers();
     void on_worker_exit(xen::DomId domid, const WorkerExit& how);
@@ -217,6 +226,7 @@ private:
     std::map<xen::DomId, std::set<std::string>> started_with_;
     std::set<std::string> reported_;               ///< backend paths already given an error node
     std::set<xen::DomId> refused_guests_;
+    std::set<xen::DomId> waiting_target_;          ///< guests logged as waiting for `attach`
     ManagerStats stats_;
 };
 
