@@ -11,12 +11,22 @@
 // thread) - what one backend core can carry, and what does not depend on
 // how busy a shared machine is. Each case runs three times, alternating
 // with the baseline; the best run counts.
+//
+// rx: frames sent into the tap by the bench (a packet socket on the tap,
+// as the host stack would hand them to the guest) and received in the
+// guest's rx buffers, against plain read()s of the same frames from a
+// second tap by a thread of its own, in the same run. The sender is the
+// bench thread in both cases; per CPU second counts the receiving thread.
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <net/if.h>
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -40,6 +50,15 @@ struct Bench {
     std::vector<test::GuestBuf> bufs;  // one per ring slot, header + frame
     int base_fd = -1;                  // the baseline's own queue of the same tap
     std::vector<std::byte> base_buf;
+    // rx
+    std::vector<test::GuestBuf> rx_bufs;  // guest rx buffers, one per frame of a batch
+    int sender = -1;                      // AF_PACKET socket that receives nothing
+    int dev_ifindex = 0, base_rx_ifindex = 0;
+    int base_rx_fd = -1;                  // the rx baseline's tap (read by base_rx_thread)
+    std::thread base_rx_thread;
+    std::atomic<std::uint64_t> base_rx_frames{0};
+    std::atomic<bool> base_rx_stop{false};
+    std::vector<std::byte> rx_frame[2];   // 1514 and 64 bytes
 };
 Bench* g = nullptr;
 
@@ -70,6 +89,43 @@ std::string setup() {
     if (g->base_fd < 0 || ::ioctl(g->base_fd, TUNSETIFF, &ifr) < 0) return std::string("baseline tap queue: ") + std::strerror(errno);
     int hs = 12;
     if (::ioctl(g->base_fd, TUNSETVNETHDRSZ, &hs) < 0) return "TUNSETVNETHDRSZ";
+
+    // rx: guest buffers for a frame of up to 1514 bytes with its header.
+    for (int i = 0; i < kBatch; ++i) {
+        auto b = g->rig.drv[0]->alloc(kMaxLen, /*readonly=*/false);
+        if (!b) return b.error().describe();
+        g->rx_bufs.push_back(*b);
+    }
+    g->rx_frame[0] = nettest::frame(src, dst, 1500);
+    g->rx_frame[1] = nettest::frame(src, dst, 50);
+    // The rx baseline's tap: one queue, the same header size, up.
+    g->base_rx_fd = ::open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    struct ifreq ifr1{};
+    ifr1.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    std::strncpy(ifr1.ifr_name, "xvbench1", IFNAMSIZ - 1);
+    if (g->base_rx_fd < 0 || ::ioctl(g->base_rx_fd, TUNSETIFF, &ifr1) < 0)
+        return std::string("baseline rx tap: ") + std::strerror(errno);
+    if (::ioctl(g->base_rx_fd, TUNSETVNETHDRSZ, &hs) < 0) return "TUNSETVNETHDRSZ";
+    int ctl = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq up{};
+    std::strncpy(up.ifr_name, "xvbench1", IFNAMSIZ - 1);
+    up.ifr_flags = IFF_UP;
+    const bool up_ok = ctl >= 0 && ::ioctl(ctl, SIOCSIFFLAGS, &up) == 0;
+    if (ctl >= 0) ::close(ctl);
+    if (!up_ok) return std::string("xvbench1 up: ") + std::strerror(errno);
+    // Protocol 0: the socket only sends (it must not take a copy of every
+    // frame the tx cases write into the tap).
+    g->sender = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (g->sender < 0) return std::string("packet socket: ") + std::strerror(errno);
+    g->dev_ifindex = static_cast<int>(::if_nametoindex(g->rig.dev->tap_name().c_str()));
+    g->base_rx_ifindex = static_cast<int>(::if_nametoindex("xvbench1"));
+    if (g->dev_ifindex == 0 || g->base_rx_ifindex == 0) return "if_nametoindex";
+    g->base_rx_thread = std::thread([] {
+        std::vector<std::byte> b(kMaxLen + 64);
+        while (!g->base_rx_stop.load(std::memory_order_relaxed)) {
+            if (::read(g->base_rx_fd, b.data(), b.size()) > 0) g->base_rx_frames.fetch_add(1, std::memory_order_release);
+        }
+    });
     return {};
 }
 
@@ -147,11 +203,110 @@ void BM_BaselineWrite(benchmark::State& st) {
     record(st, "baseline", frames, Clock::now() - t0, cpu_seconds(::pthread_self()) - c0);
 }
 
+/// Sends `n` copies of `f` out of interface `ifindex` (into its tap).
+bool send_frames(int ifindex, const std::vector<std::byte>& f, int n) {
+    sockaddr_ll to{};
+    to.sll_family = AF_PACKET;
+    to.sll_ifindex = ifindex;
+    to.sll_halen = 6;
+    std::memcpy(to.sll_addr, f.data(), 6);
+    for (int i = 0; i < n; ++i)
+        if (::sendto(g->sender, f.data(), f.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to) !=
+            static_cast<ssize_t>(f.size()))
+            return false;
+    return true;
+}
+
+/// Attaches (true) or detaches the tx baseline's queue of the device's tap,
+/// so that frames sent into that tap reach only the device's queue.
+bool base_queue(bool attach) {
+    struct ifreq ifr{};
+    ifr.ifr_flags = attach ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    return ::ioctl(g->base_fd, TUNSETQUEUE, &ifr) == 0;
+}
+
+/// Tap -> device -> guest rx buffers: the guest posts a batch of buffers,
+/// the bench sends as many frames into the tap, and waits for all used.
+void BM_DeviceRx(benchmark::State& st) {
+    const auto& f = g->rx_frame[st.range(0) == 1514 ? 0 : 1];
+    auto& drv = *g->rig.drv[0];
+    if (!base_queue(false)) {
+        st.SkipWithError("detach the baseline's tap queue");
+        return;
+    }
+    std::size_t frames = 0;
+    const pthread_t dev_thread = g->rig.loop.native_handle();
+    const double c0 = cpu_seconds(dev_thread);
+    auto t0 = Clock::now();
+    for (auto _ : st) {
+        for (int i = 0; i < kBatch; ++i) {
+            if (!drv.chain().add(g->rx_bufs[i], true).submit()) {
+                st.SkipWithError("submit failed");
+                return;
+            }
+        }
+        g->rig.kick(0);
+        if (!send_frames(g->dev_ifindex, f, kBatch)) {
+            st.SkipWithError("send into the tap failed");
+            return;
+        }
+        const auto deadline = Clock::now() + std::chrono::seconds(5);
+        for (int got = 0; got < kBatch;) {
+            if (auto u = drv.next_used()) {
+                if (u->len != 12 + f.size()) {
+                    st.SkipWithError("rx frame of the wrong length");
+                    return;
+                }
+                ++got;
+            } else if (Clock::now() > deadline) {
+                st.SkipWithError("rx frames lost");
+                return;
+            } else {
+                std::this_thread::yield();
+            }
+        }
+        frames += kBatch;
+    }
+    record(st, "device_rx", frames, Clock::now() - t0, cpu_seconds(dev_thread) - c0);
+    base_queue(true);
+}
+
+/// The same frames sent into a second tap, read() one by one by a thread.
+void BM_BaselineRead(benchmark::State& st) {
+    const auto& f = g->rx_frame[st.range(0) == 1514 ? 0 : 1];
+    std::size_t frames = 0;
+    const double c0 = cpu_seconds(g->base_rx_thread.native_handle());
+    std::uint64_t want = g->base_rx_frames.load();
+    auto t0 = Clock::now();
+    for (auto _ : st) {
+        if (!send_frames(g->base_rx_ifindex, f, kBatch)) {
+            st.SkipWithError("send into the tap failed");
+            return;
+        }
+        want += kBatch;
+        const auto deadline = Clock::now() + std::chrono::seconds(5);
+        while (g->base_rx_frames.load(std::memory_order_acquire) < want) {
+            if (Clock::now() > deadline) {
+                st.SkipWithError("baseline rx frames lost");
+                return;
+            }
+            std::this_thread::yield();
+        }
+        frames += kBatch;
+    }
+    record(st, "baseline_rx", frames, Clock::now() - t0, cpu_seconds(g->base_rx_thread.native_handle()) - c0);
+}
+
 void register_all() {
     for (int rep = 0; rep < 3; ++rep)
         for (int size : {1514, 64}) {
             benchmark::RegisterBenchmark("BM_BaselineWrite", BM_BaselineWrite)->Arg(size)->UseRealTime()->MinTime(1.0);
             benchmark::RegisterBenchmark("BM_DeviceTx", BM_DeviceTx)->Arg(size)->UseRealTime()->MinTime(1.0);
+        }
+    for (int rep = 0; rep < 3; ++rep)
+        for (int size : {1514, 64}) {
+            benchmark::RegisterBenchmark("BM_BaselineRead", BM_BaselineRead)->Arg(size)->UseRealTime()->MinTime(1.0);
+            benchmark::RegisterBenchmark("BM_DeviceRx", BM_DeviceRx)->Arg(size)->UseRealTime()->MinTime(1.0);
         }
 }
 
@@ -179,10 +334,26 @@ int main(int argc, char** argv) {
             std::printf("%6d %-13s %14.0f %9.3f %14.0f %9.3f %6.1f%% %7s\n", size, name, d.*m, d.*m * size * 8 / 1e9,
                         b.*m, b.*m * size * 8 / 1e9, b.*m > 0 ? 100.0 * (d.*m) / (b.*m) : 0.0, ">=80%");
     }
+    std::printf("\nvirtio-net rx (tap -> sim guest) against plain read() from a tap, best of 3 runs each\n");
+    std::printf("%6s %-13s %14s %9s %14s %9s %7s\n", "frame", "rate", "device fr/s", "Gbit/s", "read() fr/s", "Gbit/s",
+                "ratio");
+    for (int size : {1514, 64}) {
+        const Best d = g_best[{"device_rx", size}], b = g_best[{"baseline_rx", size}];
+        const std::pair<const char*, double Best::*> rates[] = {{"wall clock", &Best::wall}, {"per CPU second", &Best::cpu}};
+        for (auto [name, m] : rates)
+            std::printf("%6d %-13s %14.0f %9.3f %14.0f %9.3f %6.1f%%\n", size, name, d.*m, d.*m * size * 8 / 1e9, b.*m,
+                        b.*m * size * 8 / 1e9, b.*m > 0 ? 100.0 * (d.*m) / (b.*m) : 0.0);
+    }
     auto s = g->rig.dev->stats();
-    std::printf("tx frames %llu, dropped %llu, waits for tap room %llu\n", (unsigned long long)s.tx_frames,
-                (unsigned long long)s.tx_dropped, (unsigned long long)s.tx_eagain);
+    std::printf("tx frames %llu, dropped %llu, waits for tap room %llu; rx frames %llu, dropped %llu, stalls %llu\n",
+                (unsigned long long)s.tx_frames, (unsigned long long)s.tx_dropped, (unsigned long long)s.tx_eagain,
+                (unsigned long long)s.rx_frames, (unsigned long long)s.rx_dropped, (unsigned long long)s.rx_stalls);
     g->rig.stop();
+    g->base_rx_stop = true;
+    send_frames(g->base_rx_ifindex, g->rx_frame[1], 1);  // wakes the reader
+    g->base_rx_thread.join();
+    ::close(g->base_rx_fd);
+    ::close(g->sender);
     ::close(g->base_fd);
     benchmark::Shutdown();
     return 0;
