@@ -3,8 +3,8 @@
 // header RO, 4096 data RW, 1-byte status RW) through a split ring over
 // xen/sim grants (protect_pages = false: mappings are views of premapped
 // guest RAM, RO views PROT_READ), one core, B chains per notification. Each
-// iteration: the driver makes B chains available with one idx store, the
-// device pops them (validate + one grant map call for all B chains), reads
+// iteration: the driver builds B requests (header, three descriptors, avail
+// entry each) and makes them available with one idx store, the device pops them (validate + one grant map call for all B chains), reads
 // the header, writes the status, completes them (one unmap per chain, then
 // its used entry) and notifies once; the driver reaps the used ring.
 //
@@ -135,32 +135,39 @@ struct Setup {
             hdrs.push_back(must(drv->alloc(16, true), "allocate a header"));
             datas.push_back(must(drv->alloc(4096, false), "allocate a data buffer"));
             stats.push_back(must(drv->alloc(1, false), "allocate a status byte"));
-            std::uint32_t hdr[4] = {0 /*IN*/, 0, std::uint32_t(i), 0};
-            std::memcpy(hdrs.back().ptr, hdr, 16);
-            const std::uint16_t d0 = std::uint16_t(3 * i);
-            drv->set_desc(d0, {hdrs.back().dma, 16, desc_flags::kNext, std::uint16_t(d0 + 1)});
-            drv->set_desc(d0 + 1, {datas.back().dma, 4096, desc_flags::kNext | desc_flags::kWrite,
-                                   std::uint16_t(d0 + 2)});
-            drv->set_desc(d0 + 2, {stats.back().dma, 1, desc_flags::kWrite, 0});
-            heads.push_back(d0);
+            heads.push_back(std::uint16_t(3 * i));
         }
     }
 
-    /// Driver side: make all chains available with one idx store.
+    /// Driver side, as a virtio-blk driver issuing B reads: for each
+    /// request the header, its three descriptors and its avail ring entry,
+    /// then one idx store for all of them.
     void offer() {
         std::uint16_t idx = drv->avail_idx();
-        for (auto hd : heads) drv->set_avail_ring(idx++, hd);
+        for (std::size_t i = 0; i < heads.size(); ++i) {
+            const std::uint32_t hdr[4] = {0 /*VIRTIO_BLK_T_IN*/, 0, std::uint32_t(sector++), 0};
+            std::memcpy(hdrs[i].ptr, hdr, 16);
+            const std::uint16_t d0 = heads[i];
+            drv->set_desc(d0, {hdrs[i].dma, 16, desc_flags::kNext, std::uint16_t(d0 + 1)});
+            drv->set_desc(d0 + 1, {datas[i].dma, 4096, desc_flags::kNext | desc_flags::kWrite, std::uint16_t(d0 + 2)});
+            drv->set_desc(d0 + 2, {stats[i].dma, 1, desc_flags::kWrite, 0});
+            drv->set_avail_ring(idx++, d0);
+        }
         drv->set_avail_idx(idx);
     }
-    /// Driver side: reap every used entry; returns how many.
+    /// Driver side: reap every used entry and read its status byte; returns how many.
     std::size_t reap() {
         std::size_t n = 0;
         while (auto u = drv->next_used()) {
+            const std::size_t i = u->id / 3;
+            if (i < stats.size()) benchmark::DoNotOptimize(*stats[i].ptr);
             benchmark::DoNotOptimize(u->len);
             ++n;
         }
         return n;
     }
+
+    std::uint32_t sector = 0;
 };
 
 void record(benchmark::State& state, const std::string& name, double secs, std::uint64_t reqs,

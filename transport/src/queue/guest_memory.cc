@@ -123,41 +123,63 @@ Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMap
         batch.refs_.resize(refs0);
         batch.bufs_.resize(bufs0);
     };
+    // The entry's refs are its RO pages, then its RW pages. A chain lists
+    // its device-readable buffers first (virtio 1.2 §2.7.4.2, checked when
+    // it was walked), so they go straight in; RW pages met before a
+    // readable buffer wait in rw_tmp_.
     batch.rw_tmp_.clear();
-    std::uint32_t ro = 0;
+    std::uint32_t ro = 0, rw = 0;
+    bool rw_direct = false;  // RW refs appended to refs_ in place
     for (const DmaBuffer& b : buffers) {
-        auto d = decode(b.addr, b.len, b.device_writable ? "device-writable buffer" : "device-readable buffer");
-        if (!d) {
+        xen::GrantRef ref0;
+        std::uint32_t pages;
+        if (!decode_ok(b.addr, b.len, ref0, pages)) {
             undo();
-            return std::move(d).error();
+            auto d = decode(b.addr, b.len, b.device_writable ? "device-writable buffer" : "device-readable buffer");
+            if (!d) return std::move(d).error();
+            return make_error(std::errc::invalid_argument,
+                              fmt::format("dom{}: buffer at {:#x} len {} refused", domid_, b.addr, b.len));
         }
-        auto [ref0, pages] = *d;
-        const std::size_t have = b.device_writable ? batch.rw_tmp_.size() : ro;
+        const std::uint32_t have = b.device_writable ? rw : ro;
         if (pages > max_pages_ - have) {
             undo();
             return make_error(std::errc::argument_list_too_long,
                               fmt::format("dom{}: {} buffers need more than {} {} pages", domid_, buffers.size(),
                                           max_pages_, b.device_writable ? "RW" : "RO"));
         }
-        batch.bufs_.push_back(ChainMapBatch::Buf{std::uint32_t(have), gd::offset(b.addr), b.len, b.device_writable});
-        for (std::uint32_t p = 0; p < pages; ++p) {
-            if (b.device_writable)
-                batch.rw_tmp_.push_back(ref0 + p);
-            else
-                batch.refs_.push_back(ref0 + p), ++ro;
+        batch.bufs_.push_back(ChainMapBatch::Buf{have, xen::grant_dma::offset(b.addr), b.len, b.device_writable});
+        if (b.device_writable) {
+            if (rw == 0 && batch.rw_tmp_.empty()) rw_direct = true;
+            if (rw_direct) {
+                for (std::uint32_t p = 0; p < pages; ++p) batch.refs_.push_back(ref0 + p);
+            } else {
+                for (std::uint32_t p = 0; p < pages; ++p) batch.rw_tmp_.push_back(ref0 + p);
+            }
+            rw += pages;
+        } else {
+            if (rw_direct && rw != 0) {
+                // A readable buffer after a writable one: move the RW refs aside.
+                batch.rw_tmp_.assign(batch.refs_.end() - rw, batch.refs_.end());
+                batch.refs_.resize(batch.refs_.size() - rw);
+                rw_direct = false;
+            }
+            for (std::uint32_t p = 0; p < pages; ++p) batch.refs_.push_back(ref0 + p);
+            ro += pages;
         }
     }
-    const std::uint64_t pages = std::uint64_t(ro) + batch.rw_tmp_.size();
+    const std::uint64_t pages = std::uint64_t(ro) + rw;
     // One call maps at most the page limit in each direction.
-    if (!batch.entries_.empty() && batch.pages_ + pages > 2 * std::uint64_t(max_pages_)) {
+    if (batch.n_ != 0 && batch.pages_ + pages > 2 * std::uint64_t(max_pages_)) {
         undo();
         return false;
     }
-    batch.refs_.insert(batch.refs_.end(), batch.rw_tmp_.begin(), batch.rw_tmp_.end());
+    if (!rw_direct) batch.refs_.insert(batch.refs_.end(), batch.rw_tmp_.begin(), batch.rw_tmp_.end());
     batch.first_buf_.push_back(std::uint32_t(bufs0));
-    auto& e = batch.entries_.emplace_back();
+    if (batch.n_ == batch.entries_.size()) batch.entries_.emplace_back();
+    auto& e = batch.entries_[batch.n_++];
+    e.ro_addr = e.rw_addr = nullptr;
     e.ro = ro;
-    e.rw = std::uint32_t(batch.rw_tmp_.size());
+    e.rw = rw;
     batch.pages_ += pages;
     return true;
 }
@@ -167,12 +189,12 @@ Result<void> GuestMemory::map_batch(ChainMapBatch& batch) {
     // One grant call for every chain of the batch: RO for device-readable
     // pages (the frontend granted them read-only: DMA_TO_DEVICE), RW for
     // device-writable ones.
-    auto r = mapper_.map_batch(domid_, batch.refs_, batch.entries_);
+    auto r = mapper_.map_batch(domid_, batch.refs_, std::span(batch.entries_.data(), batch.n_));
     if (!r)
         return Error{r.error().code,
                      fmt::format("dom{}: map {} refs of {} chains (device-readable pages RO, device-writable pages "
                                  "RW): {}",
-                                 domid_, batch.refs_.size(), batch.entries_.size(), r.error().message)};
+                                 domid_, batch.refs_.size(), batch.n_, r.error().message)};
     return ok();
 }
 

@@ -163,11 +163,11 @@ Result<void> QueueCore::map_pending(std::vector<DescriptorChain>& out) {
         auto& e = batch_.entry(k);
         c.map_ = std::move(e.map);
         c.map2_ = std::move(e.map2);
-        batch_.for_each_span(k, [&](std::span<std::byte> s, bool writable) {
+        batch_.for_each_span(k, [&](std::byte* p, std::size_t len, bool writable) {
             if (writable)
-                c.writable_.push_back(s);
+                c.writable_.emplace_back(p, len);
             else
-                c.readable_.emplace_back(s.data(), s.size());
+                c.readable_.emplace_back(p, len);
         });
     }
     batch_.clear();

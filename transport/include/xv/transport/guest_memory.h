@@ -44,21 +44,23 @@ struct MapScratch {
 /// that a warm queue maps without allocating.
 class ChainMapBatch {
 public:
-    /// Forgets every entry (their mappings must have been taken).
+    /// Forgets every entry (their mappings should have been taken; any left
+    /// are released). The entries' storage is kept for the next batch.
     void clear() noexcept {
         refs_.clear();
-        entries_.clear();
+        for (std::size_t k = 0; k < n_; ++k) entries_[k].map.reset(), entries_[k].map2.reset();
+        n_ = 0;
         bufs_.clear();
         first_buf_.clear();
         pages_ = 0;
     }
     /// Entries (chains) added.
-    std::size_t size() const noexcept { return entries_.size(); }
+    std::size_t size() const noexcept { return n_; }
     /// Pages of all entries.
     std::uint64_t pages() const noexcept { return pages_; }
     /// Entry `k` after GuestMemory::map_batch(): its mappings, to move out.
     xen::GrantBatchEntry& entry(std::size_t k) noexcept { return entries_[k]; }
-    /// Calls f(std::span<std::byte>, bool device_writable) for each non-empty
+    /// Calls f(std::byte* data, std::size_t len, bool device_writable) for each non-empty
     /// buffer of entry `k` in chain order (after GuestMemory::map_batch()).
     template <class F>
     void for_each_span(std::size_t k, F&& f) const {
@@ -67,7 +69,7 @@ public:
             const Buf& b = bufs_[i];
             if (b.len == 0) continue;
             std::byte* base = b.rw ? e.rw_addr : e.ro_addr;
-            f(std::span<std::byte>(base + std::size_t(b.page) * xen::kPageSize + b.off, b.len), b.rw);
+            f(base + std::size_t(b.page) * xen::kPageSize + b.off, std::size_t(b.len), b.rw);
         }
     }
 
@@ -81,7 +83,8 @@ private:
     };
     std::vector<xen::GrantRef> refs_;  ///< entry after entry: RO refs, then RW refs
     std::vector<xen::GrantRef> rw_tmp_;
-    std::vector<xen::GrantBatchEntry> entries_;
+    std::vector<xen::GrantBatchEntry> entries_;  ///< the first n_ are in use
+    std::size_t n_ = 0;
     std::vector<Buf> bufs_;
     std::vector<std::uint32_t> first_buf_;  ///< per entry: its first buffer in bufs_
     std::uint64_t pages_ = 0;
@@ -146,6 +149,17 @@ private:
     /// Checks `addr`/`len` and yields the first ref and the page count.
     Result<std::pair<xen::GrantRef, std::uint32_t>> decode(std::uint64_t addr, std::uint64_t len,
                                                           const char* what) const;
+    /// decode() without building an error: false when decode() would fail
+    /// (call it then for the error).
+    bool decode_ok(std::uint64_t addr, std::uint64_t len, xen::GrantRef& ref0, std::uint32_t& pages) const noexcept {
+        if (!xen::grant_dma::is_grant(addr) || len > 0xffffffffULL) return false;
+        const std::uint64_t r = xen::grant_dma::first_ref(addr);
+        const std::uint64_t p = xen::grant_dma::pages(addr, len);
+        if (r > 0xffffffffULL || (p > 0 && p - 1 > 0xffffffffULL - r) || p > max_pages_) return false;
+        ref0 = xen::GrantRef(r);
+        pages = std::uint32_t(p);
+        return true;
+    }
 
     xen::GrantMapper& mapper_;
     xen::DomId domid_;
