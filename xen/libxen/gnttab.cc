@@ -31,15 +31,22 @@ public:
         xengnttab_close(h_);  // unmaps whatever is left
     }
 
+    // map_batch() is GrantMapper's: gntdev maps one protection per call, so
+    // a chain's device-readable refs are one xengnttab_map_domain_grant_refs
+    // call (PROT_READ) and its device-writable refs another (RW).
+
     Result<GrantMapping> map(DomId domid, std::span<const GrantRef> refs, bool writable) override {
-        const std::string what = "map " + std::to_string(refs.size()) + " grant refs of dom " + std::to_string(domid);
-        if (refs.empty()) return make_error(std::errc::invalid_argument, what + ": no refs");
+        // The message is built only for an error.
+        auto what = [&] { return "map " + std::to_string(refs.size()) + " grant refs of dom " + std::to_string(domid); };
+        if (refs.empty()) return make_error(std::errc::invalid_argument, what() + ": no refs");
         if (refs.size() > kMaxRefsPerMap)
-            return make_error(std::errc::argument_list_too_long, what + ": more than " +
+            return make_error(std::errc::argument_list_too_long, what() + ": more than " +
                                                                      std::to_string(kMaxRefsPerMap) + " refs");
-        if (domid >= DOMID_FIRST_RESERVED) return make_error(std::errc::invalid_argument, what + ": reserved domid");
+        if (domid >= DOMID_FIRST_RESERVED) return make_error(std::errc::invalid_argument, what() + ": reserved domid");
         // xengnttab takes a non-const array; never hand it the caller's span.
-        std::vector<std::uint32_t> r(refs.begin(), refs.end());
+        // One buffer per thread, reused: no allocation per map once warm.
+        thread_local std::vector<std::uint32_t> r;
+        r.assign(refs.begin(), refs.end());
         // public/grant_table.h: a ref granted read-only maps only with
         // GNTMAP_readonly, which gntdev derives from PROT_READ without PROT_WRITE.
         const int prot = writable ? (PROT_READ | PROT_WRITE) : PROT_READ;
@@ -51,7 +58,7 @@ public:
             int err = errno;
             map_failures_.fetch_add(1, std::memory_order_relaxed);
             return call_error("xengnttab_map_domain_grant_refs", err,
-                              what + (writable ? " (rw)" : " (ro)") + " first ref " + std::to_string(refs[0]),
+                              what() + (writable ? " (rw)" : " (ro)") + " first ref " + std::to_string(refs[0]),
                               CallKind::Grant);
         }
         pages_mapped_.fetch_add(r.size(), std::memory_order_relaxed);
