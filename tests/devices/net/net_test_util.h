@@ -24,6 +24,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -139,6 +140,9 @@ struct NetRig {
     std::thread loop;
     std::vector<Error> needs_reset;
     std::atomic<int> config_changes{0};
+    /// Queues the driver leaves disabled (set before start(); their drv
+    /// and q slots stay empty).
+    std::set<std::uint16_t> disabled;
 
     ~NetRig() { stop(); }
 
@@ -154,6 +158,12 @@ struct NetRig {
         transport::ActivateContext ctx;
         ctx.features = features | transport::feature::bit(transport::feature::kVersion1);
         for (std::uint16_t i = 0; i < nq; ++i) {
+            if (disabled.count(i)) {
+                ctx.queues.push_back(nullptr);
+                drv.emplace_back();
+                q.emplace_back();
+                continue;
+            }
             test::DriverOptions o;
             o.size = qsize;
             o.index = i;
