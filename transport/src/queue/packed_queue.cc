@@ -32,17 +32,10 @@ static_assert(sizeof(PackedDesc) == 16);
 
 Result<std::unique_ptr<Virtqueue>> PackedQueue::create(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
                                                        RaiseFn raise, FatalFn fatal) {
-    const std::string& nm = cfg.log_name;
-    // virtio 1.2 §2.8: packed queue sizes need not be powers of 2; at most 2^15.
-    if (cfg.size == 0 || cfg.size > 32768)
-        return make_error(std::errc::invalid_argument,
-                          fmt::format("{}: virtio 1.2 §2.8: packed queue size {} is not in 1..32768", nm, cfg.size));
-    // virtio 1.2 §2.8.10.1 (alignment): descriptor ring 16, event suppression 4.
-    if (cfg.desc_addr % 16 != 0 || cfg.driver_addr % 4 != 0 || cfg.device_addr % 4 != 0)
-        return make_error(std::errc::invalid_argument,
-                          fmt::format("{}: virtio 1.2 §2.8: misaligned ring (desc {:#x} needs 16, driver {:#x} 4, "
-                                      "device {:#x} 4)",
-                                      nm, cfg.desc_addr, cfg.driver_addr, cfg.device_addr));
+    // virtio 1.2 §2.8: packed queue sizes need not be powers of 2; at
+    // most 2^15. §2.8.10.1: descriptor ring aligned to 16, event
+    // suppression structures to 4.
+    XV_TRY(check_geometry(cfg, {"§2.8", "packed", false, "driver", 4, "device", 4}));
     std::unique_ptr<PackedQueue> q(new PackedQueue(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)));
     const RingArea areas[] = {
         {"descriptor ring", cfg.desc_addr, 16 * std::uint64_t(cfg.size), &q->desc_, &q->desc_map_},

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 
 namespace xv::transport {
 
@@ -13,6 +14,20 @@ QueueCore::QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn r
     // virtio 1.2 §2.7.5.3.1: "A driver MUST NOT create a descriptor chain
     // longer than the Queue Size of the device" -- this bounds indirect tables.
     max_indirect_ = cfg_.max_indirect != 0 ? std::min(cfg_.max_indirect, cfg_.size) : cfg_.size;
+}
+
+Result<void> QueueCore::check_geometry(const QueueConfig& cfg, const Geometry& g) {
+    if (cfg.size == 0 || cfg.size > 32768 || (g.pow2 && !std::has_single_bit(cfg.size)))
+        return make_error(std::errc::invalid_argument,
+                          fmt::format("{}: virtio 1.2 {}: {} queue size {} is not {}in 1..32768", cfg.log_name,
+                                      g.section, g.layout, cfg.size, g.pow2 ? "a power of 2 " : ""));
+    // The grant address carries the in-page offset, so alignment is checked on it.
+    if (cfg.desc_addr % 16 != 0 || cfg.driver_addr % g.driver_align != 0 || cfg.device_addr % g.device_align != 0)
+        return make_error(std::errc::invalid_argument,
+                          fmt::format("{}: virtio 1.2 {}: misaligned ring (desc {:#x} needs 16, {} {:#x} {}, {} {:#x} {})",
+                                      cfg.log_name, g.section, cfg.desc_addr, g.driver_area, cfg.driver_addr,
+                                      g.driver_align, g.device_area, cfg.device_addr, g.device_align));
+    return ok();
 }
 
 Result<void> QueueCore::map_rings(const QueueConfig& cfg, GuestMemory& mem, std::span<const RingArea> areas) {

@@ -113,6 +113,22 @@ protected:
         std::byte** ptr = nullptr;  ///< out: the area
         xen::GrantMapping* map = nullptr;  ///< out: keeps it mapped
     };
+    /// What a ring layout asks of QueueConfig (virtio 1.2 §2.7 split,
+    /// §2.8 packed): its size range and the alignment of each area.
+    struct Geometry {
+        const char* section;        ///< "§2.7"
+        const char* layout;         ///< "split"
+        bool pow2;                  ///< the size must be a power of 2
+        const char* driver_area;    ///< "avail" / "driver"
+        std::uint32_t driver_align;
+        const char* device_area;    ///< "used" / "device"
+        std::uint32_t device_align;
+    };
+    /// create()'s checks, shared by both layouts: size in 1..32768 (a power
+    /// of 2 when the layout asks), descriptor area aligned to 16, the two
+    /// other areas as `g` says. The error names the queue and the rule.
+    static Result<void> check_geometry(const QueueConfig& cfg, const Geometry& g);
+
     /// Maps each area RW in one grant call (the frontend grants its coherent
     /// ring memory RW, xen-facts §1.1); an error names the queue and the area.
     static Result<void> map_rings(const QueueConfig& cfg, GuestMemory& mem, std::span<const RingArea> areas);

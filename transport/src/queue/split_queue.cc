@@ -30,20 +30,10 @@ static_assert(sizeof(Desc) == 16);
 
 Result<std::unique_ptr<Virtqueue>> SplitQueue::create(const QueueConfig& cfg, GuestMemory& mem, Strand strand,
                                                       RaiseFn raise, FatalFn fatal) {
-    const std::string& nm = cfg.log_name;
     // virtio 1.2 §2.7: "Queue Size value is always a power of 2. The
-    // maximum Queue Size value is 32768."
-    if (cfg.size == 0 || cfg.size > 32768 || !std::has_single_bit(cfg.size))
-        return make_error(std::errc::invalid_argument,
-                          fmt::format("{}: virtio 1.2 §2.7: split queue size {} is not a power of 2 in 1..32768", nm,
-                                      cfg.size));
-    // virtio 1.2 §2.7 (alignment table): descriptor table 16, available
-    // ring 2, used ring 4. The grant address carries the in-page offset.
-    if (cfg.desc_addr % 16 != 0 || cfg.driver_addr % 2 != 0 || cfg.device_addr % 4 != 0)
-        return make_error(std::errc::invalid_argument,
-                          fmt::format("{}: virtio 1.2 §2.7: misaligned ring (desc {:#x} needs 16, avail {:#x} 2, "
-                                      "used {:#x} 4)",
-                                      nm, cfg.desc_addr, cfg.driver_addr, cfg.device_addr));
+    // maximum Queue Size value is 32768." Alignment table: descriptor
+    // table 16, available ring 2, used ring 4.
+    XV_TRY(check_geometry(cfg, {"§2.7", "split", true, "avail", 2, "used", 4}));
     std::unique_ptr<SplitQueue> q(new SplitQueue(cfg, mem, std::move(strand), std::move(raise), std::move(fatal)));
     const std::uint64_t n = cfg.size;
     const RingArea areas[] = {{"descriptor table", cfg.desc_addr, desc_bytes(n), &q->desc_, &q->desc_map_},
