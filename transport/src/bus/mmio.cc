@@ -99,8 +99,8 @@ std::uint64_t MmioTransport::access(std::uint32_t offset, unsigned size, bool wr
         if (req) {
             // nonblocking.md guarantee 1: only queued here; it runs later
             // on the device's control strand.
-            auto self = shared_from_this();
-            boost::asio::post(core_->control_strand(), [self, r = *req] { self->run_indirect(r); });
+            nonblocking::post_indirect(shared_from_this(), *req, core_->control_strand(), core_->mutex(), nb_,
+                                       &MmioTransport::access);
         }
         finish();
         return v;
@@ -252,13 +252,6 @@ bool MmioTransport::indirect_valid(std::uint32_t offset, unsigned size, bool wri
         case kQueueReset: return true;
         default: return false;  // ACCESS/ACCESS_DATA themselves, holes, legacy registers
     }
-}
-
-void MmioTransport::run_indirect(nonblocking::IndirectRequest req) {
-    nonblocking::run_indirect(req, shared_from_this(), core_->mutex(), nb_,
-                              [this](std::uint32_t off, unsigned size, bool write, std::uint64_t value, Done done) {
-                                  return access(off, size, write, value, std::move(done));
-                              });
 }
 
 }  // namespace xv::transport

@@ -446,8 +446,8 @@ std::uint64_t PciTransport::access(std::uint32_t off, unsigned size, bool write,
         pending = core_->take_pending_locked();
     }
     if (req) {
-        auto self = shared_from_this();
-        boost::asio::post(core_->control_strand(), [self, r = *req] { self->run_indirect(r); });
+        nonblocking::post_indirect(shared_from_this(), *req, core_->control_strand(), core_->mutex(), nb_,
+                                   &PciTransport::access);
     }
     core_->run_pending(pending);
     if (done) done();
@@ -552,13 +552,6 @@ bool PciTransport::indirect_valid(std::uint32_t off, unsigned size, bool write) 
     if (off >= kNotifyOff && off < kNotifyOff + core_->num_queues() * kNotifyMultiplier)
         return (off - kNotifyOff) % kNotifyMultiplier == 0 && size >= 2;
     return false;  // MSI-X table/PBA, ACCESS/ACCESS_DATA, holes
-}
-
-void PciTransport::run_indirect(nonblocking::IndirectRequest req) {
-    nonblocking::run_indirect(req, shared_from_this(), core_->mutex(), nb_,
-                              [this](std::uint32_t off, unsigned size, bool write, std::uint64_t value, Done done) {
-                                  return access(off, size, write, value, std::move(done));
-                              });
 }
 
 }  // namespace xv::transport

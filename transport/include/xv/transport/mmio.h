@@ -87,7 +87,6 @@ private:
     std::uint64_t read_locked(std::uint32_t offset);
     void write_locked(std::uint32_t offset, std::uint32_t value, Done& done);
     bool indirect_valid(std::uint32_t offset, unsigned size, bool write) const;
-    void run_indirect(nonblocking::IndirectRequest req);
 
     std::shared_ptr<VirtioCore> core_;
     std::unique_ptr<InterruptLine> irq_;

@@ -24,6 +24,8 @@
 // later on the device's control strand (nonblocking.md guarantee 1).
 #pragma once
 
+#include <boost/asio/post.hpp>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -141,6 +143,24 @@ void run_indirect(const IndirectRequest& req, std::shared_ptr<const void> keep, 
                std::lock_guard lk(mu);
                regs.complete(seq, 0);
            }));
+}
+
+/// Queues the accepted access `req` on `strand` (nonblocking.md guarantee
+/// 1: it never runs in the trap) and runs it there (run_indirect) through
+/// the transport's register entry `access` (a member of `Transport`).
+/// `mu` (the device mutex) and `regs` belong to `t`, which is held alive
+/// until the access completed. Shared by the mmio and pci transports.
+template <class Transport, class Strand, class Mutex, class Done>
+void post_indirect(std::shared_ptr<Transport> t, const IndirectRequest& req, Strand& strand, Mutex& mu,
+                   IndirectRegs& regs,
+                   std::uint64_t (Transport::*access)(std::uint32_t, unsigned, bool, std::uint64_t, Done)) {
+    boost::asio::post(strand, [t = std::move(t), req, &mu, &regs, access]() mutable {
+        Transport* tp = t.get();
+        run_indirect(req, std::move(t), mu, regs,
+                     [tp, access](std::uint32_t off, unsigned size, bool write, std::uint64_t value, Done done) {
+                         return (tp->*access)(off, size, write, value, std::move(done));
+                     });
+    });
 }
 
 }  // namespace xv::transport::nonblocking

@@ -119,7 +119,6 @@ private:
     std::uint64_t common_read_locked(std::uint32_t off, unsigned size);
     void common_write_locked(std::uint32_t off, unsigned size, std::uint64_t value, Done& done);
     bool indirect_valid(std::uint32_t offset, unsigned size, bool write) const;
-    void run_indirect(nonblocking::IndirectRequest req);
     std::uint32_t cfg_get_locked(std::uint32_t reg, unsigned size) const;
     std::optional<std::uint64_t> bar0_address_locked() const;
     bool msix_enabled_locked() const;
