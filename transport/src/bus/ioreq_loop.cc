@@ -10,6 +10,8 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <thread>
+
 namespace xv::transport {
 
 namespace {
@@ -209,6 +211,7 @@ void IoreqLoop::on_ready() {
     if (state_ == State::Stopped) return;
     ++wakeups_;
     serve_now();
+    poll_for_more();
     if (readable_now()) {
         // More is ready (serve_pending is bounded): let other handlers run
         // first, then serve again.
@@ -217,6 +220,27 @@ void IoreqLoop::on_ready() {
         return;
     }
     arm();
+}
+
+void IoreqLoop::poll_for_more() {
+    const auto window = std::chrono::nanoseconds(poll_ns_.load(std::memory_order_relaxed));
+    if (window.count() <= 0) return;
+    using clock = std::chrono::steady_clock;
+    auto until = clock::now() + window;
+    // Bounded: a guest trapping without pause must not keep the strand
+    // from its other work (stop, region changes).
+    for (unsigned serves = 0; serves < kMaxPollServes && state_ != State::Stopped;) {
+        if (readable_now()) {
+            serve_now();
+            ++serves;
+            until = clock::now() + window;
+            continue;
+        }
+        if (clock::now() >= until) return;
+        // Give the CPU away between looks: on a busy host the thread that
+        // will trap next may be waiting for this very CPU.
+        std::this_thread::yield();
+    }
 }
 
 void IoreqLoop::serve_now() {

@@ -25,6 +25,7 @@
 #include <boost/asio/strand.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -81,6 +82,15 @@ public:
     /// `done` (on the loop strand).
     void stop(std::function<void()> done);
 
+    /// After serving, keep polling the server for `window` before waiting
+    /// on its fd again (0, the default: wait at once). A guest's register
+    /// accesses come in bursts; polling answers the next one without the
+    /// sleep and wake-up of the fd wait, at the price of a busy thread for
+    /// up to `window` after the last access. One poll round serves at most
+    /// kMaxPollServes rounds before the strand runs other work.
+    void set_poll(std::chrono::microseconds window) noexcept { poll_ns_ = std::int64_t(window.count()) * 1000; }
+    static constexpr unsigned kMaxPollServes = 256;
+
     /// Routes and answers one ioreq (what serve_pending calls; public for
     /// benchmarks of the register path alone).
     std::uint64_t handle(const xen::IoRequest& req);
@@ -103,6 +113,7 @@ private:
     void arm();
     void on_ready();
     void serve_now();
+    void poll_for_more();
     bool readable_now() const;
     void drain_extra();
     void on_bar_change(std::uint32_t sbdf, std::optional<std::uint64_t> old_base,
@@ -124,6 +135,7 @@ private:
     std::vector<std::function<void(std::function<void()>)>> quiescers_;
 
     std::atomic<std::uint64_t> served_{0}, wakeups_{0}, unclaimed_{0}, malformed_{0};
+    std::atomic<std::int64_t> poll_ns_{0};  ///< set_poll()
     log::RateLimit rl_;
 };
 
