@@ -13,8 +13,10 @@
 // Workloads: 4 KiB random read at QD 32 (IOPS), 1 MiB sequential read and
 // write at QD 8 (bandwidth). Targets: >= 80 % of fio's IOPS, >= 90 % of its
 // bandwidth. Each workload runs kRuns times, alternating with fio; the best
-// run of each side counts. Environment: XV_BLK_BENCH_DIR (default /var/tmp),
-// XV_BLK_BENCH_MIB (default 256), XV_BLK_BENCH_SECONDS (default 5).
+// run of each side counts; the table also shows how many of our requests
+// went through O_DIRECT and how many through the page cache. Environment:
+// XV_BLK_BENCH_DIR (default /var/tmp), XV_BLK_BENCH_MIB (default 256),
+// XV_BLK_BENCH_SECONDS (default 5).
 #include <benchmark/benchmark.h>
 
 #include <boost/asio/post.hpp>
@@ -68,6 +70,8 @@ struct Figures {
     double iops = 0;
     double bw = 0;  // bytes/s
     std::uint64_t errors = 0;
+    std::uint64_t direct = 0;    // our requests served through O_DIRECT
+    std::uint64_t buffered = 0;  // ... through the page cache
 };
 
 /// Each workload runs this many times (fio, then ours, alternating); the
@@ -206,6 +210,11 @@ struct OurPath {
         const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
         f.iops = double(done) / secs;
         f.bw = f.iops * w.bs;
+        if (auto* b = dynamic_cast<devices::BlkDevice*>(dev.get())) {
+            const auto st = b->stats();
+            f.direct = st.direct_ios;
+            f.buffered = st.buffered_ios;
+        }
         return f;
     }
 
@@ -275,15 +284,16 @@ int main(int argc, char** argv) {
     std::printf("\nvirtio-blk over sim grants + io_uring vs fio (io_uring, O_DIRECT), %lu MiB file in %s, %d s each, "
                 "best of %d runs\n",
                 g_params.mib, g_params.dir.c_str(), g_params.seconds, kRuns);
-    std::printf("%-18s %14s %14s %14s %14s %7s %8s\n", "workload", "ours IOPS", "fio IOPS", "ours MB/s", "fio MB/s",
-                "ratio", "target");
+    std::printf("%-18s %14s %14s %14s %14s %7s %8s %11s %11s\n", "workload", "ours IOPS", "fio IOPS", "ours MB/s",
+                "fio MB/s", "ratio", "target", "O_DIRECT", "buffered");
     for (const auto& w : kWorkloads) {
         auto it = g_results.find(w.name);
         if (it == g_results.end()) continue;
         const auto& [o, f] = it->second;
         const double ratio = w.iops_target ? (f.iops ? o.iops / f.iops : 0) : (f.bw ? o.bw / f.bw : 0);
-        std::printf("%-18s %14.0f %14.0f %14.1f %14.1f %7.2f %8s%s\n", w.name, o.iops, f.iops, o.bw / 1e6, f.bw / 1e6,
-                    ratio, w.iops_target ? ">=0.80" : ">=0.90", o.errors ? "  (errors!)" : "");
+        std::printf("%-18s %14.0f %14.0f %14.1f %14.1f %7.2f %8s %11llu %11llu%s\n", w.name, o.iops, f.iops, o.bw / 1e6,
+                    f.bw / 1e6, ratio, w.iops_target ? ">=0.80" : ">=0.90", (unsigned long long)o.direct,
+                    (unsigned long long)o.buffered, o.errors ? "  (errors!)" : "");
     }
     return 0;
 }

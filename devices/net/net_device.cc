@@ -101,6 +101,7 @@ constexpr std::size_t kIovMax = 1024;  // UIO_MAXIOV
 constexpr unsigned kTxBudget = 256;
 constexpr unsigned kTxBatch = 64;  // chains popped (and grant-mapped) together
 constexpr unsigned kRxBudget = 256;
+constexpr unsigned kRxBatch = 64;  // rx chains popped (and grant-mapped) together
 
 /// What is shared by the device object and its sessions (outlives both).
 struct Core {
@@ -150,6 +151,9 @@ struct Pair {
     std::optional<asio::posix::stream_descriptor> rxd;
     bool rx_armed = false;
     std::deque<DescriptorChain> held;  ///< popped rx chains not used yet
+    std::vector<DescriptorChain> rx_pop;  ///< one pop_batch() before the chains join `held`
+    std::vector<iovec> rx_iov;            ///< the readv list, kept between frames
+    std::vector<std::uint32_t> rx_lens;   ///< used lengths of a merged frame
     std::vector<std::byte> spill;      ///< bytes of a frame beyond the held chains
     std::size_t spill_len = 0, spill_off = 0;
     bool spilling = false;
@@ -195,7 +199,8 @@ private:
     void rx_pump(Pair& p);
     bool rx_fill(Pair& p, bool& pushed);
     bool rx_continue_spill(Pair& p, bool& pushed);
-    void rx_deliver(Pair& p, std::size_t n, std::size_t included, std::size_t guest_cap, bool& pushed);
+    void rx_deliver(Pair& p, const std::vector<iovec>& iov, std::size_t n, std::size_t included,
+                    std::size_t guest_cap, bool& pushed);
     void rx_arm(Pair& p);
     void set_num_buffers(DescriptorChain& c, std::uint16_t n);
     // tx
@@ -373,19 +378,23 @@ bool Session::rx_fill(Pair& p, bool& pushed) {
     for (auto& c : p.held) cap += c.writable_bytes();
     for (;;) {
         if (!p.held.empty() && (!mrg_ || cap >= rx_target_)) return true;
-        DescriptorChain c;
-        // Empty, or broken (the transport was told): serve what is held.
-        if (next_chain(*p.rxq, c) != Next::Chain) return !p.held.empty();
-        // §5.1.6.3.1: every rx buffer holds at least the header.
-        if (c.writable_bytes() < hdr_len_) {
-            XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} ({} writable bytes), returned empty", qname(p.rxq),
-                           net_error_name(NetError::RxBufferTooSmall), c.writable_bytes());
-            p.rxq->push(std::move(c), 0);
-            pushed = true;
-            continue;
+        // A batch of chains in one grant map call. Empty, or broken (the
+        // transport was told): serve what is held.
+        p.rx_pop.clear();
+        if (next_chains(*p.rxq, kRxBatch, p.rx_pop) != Next::Chain) return !p.held.empty();
+        for (auto& c : p.rx_pop) {
+            // §5.1.6.3.1: every rx buffer holds at least the header.
+            if (c.writable_bytes() < hdr_len_) {
+                XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} ({} writable bytes), returned empty",
+                               qname(p.rxq), net_error_name(NetError::RxBufferTooSmall), c.writable_bytes());
+                p.rxq->push(std::move(c), 0);
+                pushed = true;
+                continue;
+            }
+            cap += c.writable_bytes();
+            p.held.push_back(std::move(c));
         }
-        cap += c.writable_bytes();
-        p.held.push_back(std::move(c));
+        p.rx_pop.clear();
     }
 }
 
@@ -458,7 +467,7 @@ bool gather(const std::vector<iovec>& iov, std::size_t off, std::span<std::byte>
 void Session::rx_pump(Pair& p) {
     if (p.rx_stopped || !p.rxq || p.rxq->broken() || !p.enabled) return;
     bool pushed = false;
-    std::vector<iovec> iov;
+    std::vector<iovec>& iov = p.rx_iov;  // reused: no allocation per frame
     unsigned budget = 0;
     for (; budget < kRxBudget; ++budget) {
         if (p.spilling) {
@@ -479,6 +488,7 @@ void Session::rx_pump(Pair& p) {
             guest_cap += c.writable_bytes();
             ++included;
             if (!mrg_) break;  // §5.1.6.3.2: one chain per packet without MRG_RXBUF
+            if (guest_cap >= rx_target_) break;  // room for the largest frame
         }
         if (included == 0) break;  // a single chain with > 1023 segments: cannot happen with queue sizes <= 256
         iov.push_back({p.spill.data(), p.spill.size()});
@@ -492,18 +502,16 @@ void Session::rx_pump(Pair& p) {
             rx_arm(p);
             break;
         }
-        rx_deliver(p, static_cast<std::size_t>(n), included, guest_cap, pushed);
+        rx_deliver(p, iov, static_cast<std::size_t>(n), included, guest_cap, pushed);
     }
     if (budget == kRxBudget) post_pump(p, Dir::Rx);
     if (pushed) p.rxq->notify_guest();
 }
 
-void Session::rx_deliver(Pair& p, std::size_t n, std::size_t included, std::size_t guest_cap, bool& pushed) {
-    std::vector<iovec> iov;
-    for (std::size_t i = 0; i < included; ++i)
-        for (auto s : p.held[i].writable_segments()) iov.push_back({s.data(), s.size()});
-    iov.push_back({p.spill.data(), p.spill.size()});
-
+void Session::rx_deliver(Pair& p, const std::vector<iovec>& iov, std::size_t n, std::size_t included,
+                         std::size_t guest_cap, bool& pushed) {
+    // `iov`: the writable segments of the first `included` held chains,
+    // then the spill buffer, as read into.
     Mac dst{};
     if (n < hdr_len_ + net_hdr::kMinFrame || !gather(iov, hdr_len_, std::as_writable_bytes(std::span(dst)))) return;
     if (!core_->accept(dst)) {
@@ -539,7 +547,8 @@ void Session::rx_deliver(Pair& p, std::size_t n, std::size_t included, std::size
     }
     std::size_t left = n;
     std::uint16_t used = 0;
-    std::vector<std::uint32_t> lens;
+    std::vector<std::uint32_t>& lens = p.rx_lens;
+    lens.clear();
     for (std::size_t i = 0; i < included && left > 0; ++i) {
         std::size_t k = std::min<std::size_t>(left, p.held[i].writable_bytes());
         lens.push_back(static_cast<std::uint32_t>(k));
