@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 #include "attach.h"
 
+#include <chrono>
 #include <optional>
 #include <ostream>
+#include <thread>
 #include <tuple>
 
 #include "discovery.h"
@@ -140,10 +142,25 @@ int attach_command(const AttachOptions& opts, xen::Hypervisor& hv, std::ostream&
     // for a stub device model): the driver domain may then read the
     // guest's nodes, its name among them ([[device]] guest = "name").
     // Repeated on a retried attach; xenstored accepts it again.
-    if (auto r = xs.value()->set_target(*be, *guest); !r) {
-        err << "xen-virtiod attach: xenstore set_target(" << *be << ", " << *guest << "): " << r.error().describe()
-            << "\n";
-        return kXen;
+    // xenstored knows the guest only once libxl has introduced it, at the
+    // end of the domain build, after its name appeared; until then
+    // XS_SET_TARGET answers ENOENT or EINVAL (xenstored
+    // find_connected_domain). attach may run that early (xl 4.17's
+    // `create -p` waits for the backend before it returns), so retry for
+    // up to 10 s; without it the driver domain still serves the guest, it
+    // only cannot read the guest's nodes (its name among them).
+    for (int i = 0;; ++i) {
+        auto r = xs.value()->set_target(*be, *guest);
+        if (r) break;
+        const auto c = r.error().code;
+        const bool early = c == std::errc::no_such_file_or_directory || c == std::errc::invalid_argument;
+        if (!early || i >= 100) {
+            err << "xen-virtiod attach: note: xenstore set_target(" << *be << ", " << *guest
+                << "): " << r.error().describe() << ": " << dom(*be) << " cannot read " << dom(*guest)
+                << "'s xenstore nodes (name it by domid in the driver domain's xen-virtiod.toml)\n";
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     // The key the driver domain's privcmd reads at module load, and the
     // backend's xenstore permissions follow (lab-notes 2 and 3).
