@@ -9,6 +9,8 @@ namespace xv::daemon {
 namespace {
 
 constexpr xen::DomId kMaxGuestDomId = 0x7fef;  // DOMID_FIRST_RESERVED - 1
+constexpr std::uint64_t kFirstSpi = 32;         // Arm GIC: NR_LOCAL_IRQS
+constexpr std::uint64_t kLastSpi = 1019;        // Arm GIC: 1020..1023 are special INTIDs
 
 std::string home(xen::DomId d) { return "/local/domain/" + std::to_string(d); }
 
@@ -114,9 +116,15 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
     {
         auto v = need("irq");
         if (!v) return std::move(v).error();
-        // Arm SPIs are 32..1019; x86 GSIs fit in the same bound.
-        auto i = parse_xs_uint(v.value(), 1019);
-        if (!i) return bad(p, "irq", quoted(v.value()) + " is not an interrupt number (0..1019)");
+        // The line is raised with XEN_DMOP_set_irq_level, which takes Arm
+        // SPIs only: 32..1019 (xen-facts §3.3; xen/arch/arm/dm.c checks
+        // irq >= NR_LOCAL_IRQS). 0..15 are SGIs and 16..31 PPIs (GIC
+        // architecture): a device announced there could never interrupt,
+        // or would alias a per-CPU line of the guest.
+        auto i = parse_xs_uint(v.value(), kLastSpi);
+        if (!i) return bad(p, "irq", quoted(v.value()) + " is not an interrupt number (32..1019)");
+        if (*i < kFirstSpi)
+            return bad(p, "irq", quoted(v.value()) + " is an SGI/PPI (0..31), not an SPI (32..1019)");
         d.irq = std::uint32_t(*i);
     }
     if (auto v = read_opt(xs, p + "/transport")) {
@@ -190,14 +198,18 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
                 auto devid = parse_xs_uint(dev_name, UINT32_MAX);
                 const std::string path = base + "/" + fe_name + "/" + dev_name;
                 if (!devid || dev_name != std::to_string(*devid)) {
-                    out.errors.emplace(path, bad(base + "/" + fe_name, dev_name, "not a device id"));
+                    out.errors.emplace(path, make_error(std::errc::invalid_argument,
+                                                        "dom" + fe_name + ": " + path + ": not a device id"));
                     continue;
                 }
                 auto d = read_announced_device(xs, kind, self, xen::DomId(*fe), unsigned(*devid));
                 if (d)
                     out.devices.push_back(std::move(d).value());
                 else if (d.error().code == std::errc::invalid_argument)
-                    out.errors.emplace(path, std::move(d).error());
+                    // Named by guest and device, for the log line and the error node.
+                    out.errors.emplace(path, Error{d.error().code, "dom" + fe_name + " " + kind_name(kind) +
+                                                                       " device " + dev_name + ": " +
+                                                                       d.error().message});
                 else
                     out.failed = std::move(d).error();
             }
@@ -208,9 +220,15 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
 
 Result<void> write_device_error(xen::XenStore& xs, xen::DomId self, const AnnouncedDevice& dev,
                                 const std::string& message) {
-    XV_TRY(xs.write(dev.backend_path + "/error", message));
+    return write_backend_error(xs, self, dev.backend_path, message);
+}
+
+Result<void> write_backend_error(xen::XenStore& xs, xen::DomId self, const std::string& backend_path,
+                                 const std::string& message) {
+    XV_TRY(xs.write(backend_path + "/error", message));
     const std::string prefix = home(self) + "/";
-    std::string rel = dev.backend_path.substr(prefix.size());
+    if (backend_path.rfind(prefix, 0) != 0) return ok();
+    std::string rel = backend_path.substr(prefix.size());
     return xs.write(home(self) + "/error/" + rel + "/error", message);
 }
 

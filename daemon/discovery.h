@@ -44,7 +44,7 @@ struct AnnouncedDevice {
     std::string transport;      ///< "mmio" (or "pci")
     bool grant_usage = true;
     std::uint64_t base = 0;     ///< MMIO window of the device
-    std::uint32_t irq = 0;      ///< SPI
+    std::uint32_t irq = 0;      ///< Arm SPI, 32..1019
     int state = 0;              ///< backend XenbusState
     bool online = true;
     // virtio_disk only
@@ -67,7 +67,9 @@ Result<AnnouncedDevice> read_announced_device(xen::XenStore& xs, BackendKind kin
 /// The result of one scan: valid devices, and per-path errors.
 struct ScanResult {
     std::vector<AnnouncedDevice> devices;
-    std::map<std::string, Error> errors;  ///< backend path -> why it was rejected
+    /// backend path -> why it was rejected; the message names the guest
+    /// ("dom<fe>") and, when the directory name parsed, the device.
+    std::map<std::string, Error> errors;
     /// Set when xenstore itself failed (not a device's fault): the lists
     /// are then incomplete and say nothing about which guests went away.
     std::optional<Error> failed;
@@ -81,6 +83,11 @@ ScanResult scan_announced_devices(xen::XenStore& xs, xen::DomId self, std::optio
 /// `/local/domain/<be>/error/<backend dir relative>/error`.
 Result<void> write_device_error(xen::XenStore& xs, xen::DomId self, const AnnouncedDevice& dev,
                                 const std::string& message);
+
+/// The same for a backend directory that did not parse into a device
+/// (a scan error: `path` is a key of ScanResult::errors).
+Result<void> write_backend_error(xen::XenStore& xs, xen::DomId self, const std::string& backend_path,
+                                 const std::string& message);
 
 /// Sets the backend `state` node.
 Result<void> write_backend_state(xen::XenStore& xs, const AnnouncedDevice& dev, xen::XenbusState state);

@@ -97,6 +97,54 @@ TEST(Discovery, NonCanonicalNamesDoNotAliasADevice) {
     EXPECT_EQ(scan.errors.count(be + "05"), 1u);
 }
 
+TEST(Discovery, IrqMustBeAnArmSpi) {
+    // xen-facts §3.3: set_irq_level takes SPIs only (32..1019); 0..15 are
+    // SGIs and 16..31 PPIs.
+    FakeHypervisor hv;
+    hv.self = 0;
+    hv.add_virtio(5, 0, "virtio,device2", "mmio", "1", "0x2000000", "0");
+    hv.add_virtio(5, 1, "virtio,device2", "mmio", "1", "0x2000200", "31");
+    hv.add_virtio(5, 2, "virtio,device2", "mmio", "1", "0x2000400", "32");
+    hv.add_virtio(5, 3, "virtio,device2", "mmio", "1", "0x2000600", "1019");
+    hv.add_virtio(5, 4, "virtio,device2", "mmio", "1", "0x2000800", "1020");
+    auto xs = hv.open_xenstore();
+    ASSERT_TRUE(xs);
+    ScanResult scan = scan_announced_devices(*xs.value(), 0);
+    ASSERT_EQ(scan.devices.size(), 2u);
+    EXPECT_EQ(scan.devices[0].irq, 32u);
+    EXPECT_EQ(scan.devices[1].irq, 1019u);
+    const std::string be = "/local/domain/0/backend/virtio/5/";
+    ASSERT_EQ(scan.errors.size(), 3u);
+    for (const char* dev : {"0", "1"}) {
+        const auto& msg = scan.errors.at(be + dev).message;
+        EXPECT_NE(msg.find("dom5 virtio device " + std::string(dev) + ": "), std::string::npos) << msg;
+        EXPECT_NE(msg.find(be + dev + "/irq"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("not an SPI"), std::string::npos) << msg;
+    }
+    EXPECT_NE(scan.errors.at(be + "4").message.find("32..1019"), std::string::npos);
+}
+
+TEST(Discovery, ScanErrorsNameTheGuestAndGetAnErrorNode) {
+    FakeHypervisor hv;
+    hv.self = 0;
+    hv.add_virtio(5, 0, "virtio,device2", "mmio", "1");
+    const std::string be = "/local/domain/0/backend/virtio/";
+    hv.store->set(be + "5/00/frontend-id", "5");
+    hv.store->set(be + "5/1/frontend-id", "6");
+    auto xs = hv.open_xenstore();
+    ASSERT_TRUE(xs);
+    ScanResult scan = scan_announced_devices(*xs.value(), 0);
+    ASSERT_EQ(scan.errors.size(), 2u);
+    EXPECT_EQ(scan.errors.at(be + "5/00").message.rfind("dom5: ", 0), 0u) << scan.errors.at(be + "5/00").message;
+    EXPECT_EQ(scan.errors.at(be + "5/1").message.rfind("dom5 virtio device 1: ", 0), 0u)
+        << scan.errors.at(be + "5/1").message;
+    // Written where the device's own error would go, and mirrored under
+    // /local/domain/<be>/error/ as xenbus backends do.
+    ASSERT_TRUE(write_backend_error(*xs.value(), 0, be + "5/1", "bad").has_value());
+    EXPECT_EQ(hv.store->nodes[be + "5/1/error"], "bad");
+    EXPECT_EQ(hv.store->nodes["/local/domain/0/error/backend/virtio/5/1/error"], "bad");
+}
+
 TEST(Check, GuestsFromAnnouncedDevices) {
     FakeHypervisor hv;
     hv.self = 1;

@@ -85,7 +85,7 @@ void write_tree(FuzzedDataProvider& in, xen::XenStore& xs, xen::DomId self) {
 void check_device(const AnnouncedDevice& d, xen::DomId self) {
     FUZZ_CHECK(d.base != 0 && (d.base & 3) == 0 && d.base < (1ULL << 48), "base %#llx",
                static_cast<unsigned long long>(d.base));
-    FUZZ_CHECK(d.irq <= 1019, "irq %u", d.irq);
+    FUZZ_CHECK(d.irq >= 32 && d.irq <= 1019, "irq %u is not an Arm SPI", d.irq);
     FUZZ_CHECK(d.state >= 0 && d.state <= 8, "state %d", d.state);
     FUZZ_CHECK(d.transport == "mmio" || d.transport == "pci", "transport %s", d.transport.c_str());
     FUZZ_CHECK(d.type.rfind("virtio,device", 0) == 0, "type %s", d.type.c_str());

@@ -18,14 +18,21 @@ protected:
             ASSERT_TRUE(host_->sim->toolstack_store().write(be_path(evil_dom_, 0) + "/" + key, value).has_value());
         }, false);
     }
-    /// The hostile device has an error node mentioning `what`, a log line
-    /// names its backend path, and nothing serves its window.
+    /// The hostile device has an error node mentioning `what` (in its
+    /// backend directory and under /local/domain/0/error/, as xenbus
+    /// backends write them), a log line names the guest, the device and its
+    /// backend path, and nothing serves its window.
     void expect_refused(std::string_view what) {
         auto& xs = host_->sim->toolstack_store();
         auto err = xs.read(be_path(evil_dom_, 0) + "/error");
         ASSERT_TRUE(err.has_value()) << "no error node";
         EXPECT_NE(err.value().find(what), std::string::npos) << err.value();
-        EXPECT_TRUE(log_sink().wait_for({be_path(evil_dom_, 0), std::string(what)})) << dump_lines(be_path(evil_dom_, 0));
+        auto mirror = xs.read("/local/domain/0/error/backend/virtio/" + std::to_string(evil_dom_) + "/0/error");
+        ASSERT_TRUE(mirror.has_value()) << "no error node under /local/domain/0/error";
+        EXPECT_EQ(mirror.value(), err.value());
+        EXPECT_TRUE(log_sink().wait_for({"dom" + std::to_string(evil_dom_) + " virtio device 0", be_path(evil_dom_, 0),
+                                         std::string(what)}))
+            << dump_lines(be_path(evil_dom_, 0));
         auto g = host_->sim->guest(evil_dom_);
         auto magic = g->mmio_read(0, kBase, 4);
         EXPECT_FALSE(magic.has_value() && *magic != 0xffffffff) << "the refused device's window answers";
@@ -51,6 +58,57 @@ TEST_F(Xenstore, GarbageIrqIsRefused) {
 TEST_F(Xenstore, IrqBeyondTheGicIsRefused) {
     start_with("irq", "4294967329");  // 2^32 + 33: truncates to 33 if parsed carelessly
     expect_refused("irq");
+}
+
+// Arm: the line is raised with XEN_DMOP_set_irq_level, SPIs only (xen-facts
+// §3.3); 0..15 are SGIs, 16..31 PPIs.
+TEST_F(Xenstore, SgiAsIrqIsRefused) {
+    start_with("irq", "0");
+    expect_refused("not an SPI");
+}
+
+TEST_F(Xenstore, PpiAsIrqIsRefused) {
+    start_with("irq", "31");  // the last PPI, one below the first SPI
+    expect_refused("not an SPI");
+}
+
+TEST_F(Xenstore, DeviceAnnouncedLaterWithAPpiIsRefused) {
+    // Found by the rescan of a running daemon, not by the first scan.
+    start_host(Tk::Mmio);
+    ASSERT_TRUE(evil().up({.size = 16}).has_value());
+    xen::sim::VirtioDeviceSpec s;  // written in one transaction: no scan sees a valid irq first
+    s.frontend = evil_dom_;
+    s.backend = 0;
+    s.devid = 1;
+    s.type = "virtio,device2";
+    s.base = kBase + 0x200;
+    s.irq = 27;  // the virtual timer's PPI
+    s.grant_usage = true;
+    ASSERT_TRUE(host_->sim->add_virtio_device(s).has_value());
+    EXPECT_TRUE(Host::eventually([&] {
+        auto e = host_->sim->toolstack_store().read(be_path(evil_dom_, 1) + "/error");
+        return e.has_value() && e.value().find("not an SPI") != std::string::npos;
+    })) << "no error node for the device with a PPI";
+    EXPECT_TRUE(log_sink().wait_for({"dom" + std::to_string(evil_dom_) + " virtio device 1", "not an SPI"}))
+        << dump_lines("not an SPI");
+    expect_honest_progress();
+}
+
+TEST_F(Xenstore, MisnamedDeviceDirectoryIsRefused) {
+    // "00" names device 0 a second time (found by fuzz_discovery).
+    start_host(Tk::Mmio, {}, [&] {
+        ASSERT_TRUE(host_->sim->toolstack_store()
+                        .write("/local/domain/0/backend/virtio/" + std::to_string(evil_dom_) + "/00/frontend-id",
+                               std::to_string(evil_dom_))
+                        .has_value());
+    }, false);
+    const std::string path = "/local/domain/0/backend/virtio/" + std::to_string(evil_dom_) + "/00";
+    auto err = host_->sim->toolstack_store().read(path + "/error");
+    ASSERT_TRUE(err.has_value()) << "no error node for the misnamed directory";
+    EXPECT_NE(err.value().find("not a device id"), std::string::npos) << err.value();
+    EXPECT_TRUE(log_sink().wait_for({"dom" + std::to_string(evil_dom_), path, "not a device id"}))
+        << dump_lines("not a device id");
+    expect_honest_progress();
 }
 
 TEST_F(Xenstore, GarbageTypeIsRefused) {
