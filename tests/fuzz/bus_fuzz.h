@@ -28,6 +28,7 @@
 
 #include "echo_device.h"
 #include "fuzz_common.h"
+#include "sim_world.h"
 #include "xv/guest/virtqueue_driver.h"
 #include "xv/transport/interrupt.h"
 #include "xv/transport/ioreq_loop.h"
@@ -52,49 +53,30 @@ inline constexpr xen::Sbdf kX86Sbdf{0, 0, 3, 0};
 
 /// One simulated guest with granted rings (split and packed, per queue),
 /// shared by every iteration.
-struct World {
-    std::shared_ptr<xen::sim::SimHypervisor> hv;
-    xen::DomId domid = 0;
-    std::shared_ptr<xen::sim::SimGuest> guest;
-    std::unique_ptr<xen::GrantMapper> grants;
+struct World : SimWorld {
     std::unique_ptr<xen::DeviceModel> dm;
-    std::shared_ptr<transport::GuestMemory> mem;
-    boost::asio::io_context io;
     std::vector<std::unique_ptr<guest::VirtqueueDriver>> split, packed;
 
-    static World& get() {
-        static World* w = [] {
-            auto* w = new World;
-            w->hv = xen::sim::SimHypervisor::create();
-            xen::sim::DomainConfig dc;
-            dc.name = "fuzz";
-            dc.memory_pages = 1024;
-            w->domid = w->hv->create_domain(dc).value();
-            w->guest = w->hv->guest(w->domid);
-            w->grants = std::move(w->hv->open_grants().value());
-            w->dm = std::move(w->hv->open_device_model().value());
-            w->mem = std::make_shared<transport::GuestMemory>(*w->grants, w->domid);
-            for (std::uint16_t q = 0; q < kQueues; ++q) {
-                for (bool packed : {false, true}) {
-                    guest::DriverOptions o;
-                    o.index = q;
-                    o.size = kRingSize;
-                    o.packed = packed;
-                    (packed ? w->packed : w->split).push_back(
-                        std::move(guest::VirtqueueDriver::create(*w->guest, o).value()));
-                }
+    World() {
+        dm = std::move(hv->open_device_model().value());
+        for (std::uint16_t q = 0; q < kQueues; ++q) {
+            for (bool pk : {false, true}) {
+                guest::DriverOptions o;
+                o.index = q;
+                o.size = kRingSize;
+                o.packed = pk;
+                (pk ? packed : split).push_back(std::move(guest::VirtqueueDriver::create(*guest, o).value()));
             }
-            return w;
-        }();
+        }
+    }
+
+    static World& get() {
+        static World* w = new World;
         return *w;
     }
 
-    /// Runs queued work until nothing is ready (bounded).
-    void poll() {
-        io.restart();
-        for (int i = 0; i < 64 && io.poll() > 0; ++i) {
-        }
-    }
+    /// Runs ready work, at most 64 rounds.
+    void poll() { SimWorld::poll(64); }
 };
 
 /// One iteration: a fresh device on a fresh transport and loop.

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "fuzz_common.h"
+#include "sim_world.h"
 #include "xv/guest/virtqueue_driver.h"
 #include "xv/transport/device.h"
 #include "xv/transport/guest_memory.h"
@@ -70,36 +71,22 @@ void put(std::vector<std::byte>& v, const T& x) {
 }
 
 /// One simulated guest with granted data pools and ring memory.
-struct World {
-    std::shared_ptr<xen::sim::SimHypervisor> hv;
-    xen::DomId domid = 0;
-    std::shared_ptr<xen::sim::SimGuest> guest;
-    std::unique_ptr<xen::GrantMapper> grants;
-    std::shared_ptr<transport::GuestMemory> mem;
-    boost::asio::io_context io;
+struct World : SimWorld {
     std::uint64_t ro_dma = 0, rw_dma = 0, table_dma = 0;
     std::byte *ro = nullptr, *rw = nullptr, *tables = nullptr;
     std::map<std::uint16_t, std::unique_ptr<guest::VirtqueueDriver>> rings;
 
+    World() {
+        ro_dma = guest->alloc_dma(kPoolBytes, 0, true).value();
+        rw_dma = guest->alloc_dma(kPoolBytes, 0, false).value();
+        table_dma = guest->alloc_dma(4 * kPage, 0, true).value();
+        ro = guest->dma_ptr(ro_dma);
+        rw = guest->dma_ptr(rw_dma);
+        tables = guest->dma_ptr(table_dma);
+    }
+
     static World& get() {
-        static World* w = [] {
-            auto* w = new World;
-            w->hv = xen::sim::SimHypervisor::create();
-            xen::sim::DomainConfig dc;
-            dc.name = "fuzz";
-            dc.memory_pages = 1024;
-            w->domid = w->hv->create_domain(dc).value();
-            w->guest = w->hv->guest(w->domid);
-            w->grants = std::move(w->hv->open_grants().value());
-            w->mem = std::make_shared<transport::GuestMemory>(*w->grants, w->domid);
-            w->ro_dma = w->guest->alloc_dma(kPoolBytes, 0, true).value();
-            w->rw_dma = w->guest->alloc_dma(kPoolBytes, 0, false).value();
-            w->table_dma = w->guest->alloc_dma(4 * kPage, 0, true).value();
-            w->ro = w->guest->dma_ptr(w->ro_dma);
-            w->rw = w->guest->dma_ptr(w->rw_dma);
-            w->tables = w->guest->dma_ptr(w->table_dma);
-            return w;
-        }();
+        static World* w = new World;
         return *w;
     }
 
@@ -118,18 +105,6 @@ struct World {
         std::memset(d->driver_area(), 0, 6 + 2 * kRingSize);
         std::memset(d->device_area(), 0, 6 + 8 * kRingSize);
         return *d;
-    }
-
-    /// Runs ready work (bounded).
-    std::size_t poll() {
-        io.restart();
-        std::size_t n = 0;
-        for (int i = 0; i < 256; ++i) {
-            std::size_t k = io.poll();
-            n += k;
-            if (!k) break;
-        }
-        return n;
     }
 };
 

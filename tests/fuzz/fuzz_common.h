@@ -46,8 +46,6 @@ T pick(FuzzedDataProvider& in, std::initializer_list<T> choices) {
     return *(choices.begin() + in.ConsumeIntegralInRange<std::size_t>(0, choices.size() - 1));
 }
 
-/// True with probability about 1/n (n >= 1): how often a value is made
-/// hostile. An exhausted input gives false (the valid choice).
 /// Runs `w`'s work (w.poll(), then up to 1 ms of w.io) until `done` is set
 /// or `max_rounds` rounds passed; returns `done`. `W` is a fuzz World with
 /// poll() and an io_context `io`.
@@ -63,6 +61,8 @@ bool run_until(W& w, const bool& done, int max_rounds) {
     return done;
 }
 
+/// True with probability about 1/n (n >= 1): how often a value is made
+/// hostile. An exhausted input gives false (the valid choice).
 inline bool one_in(FuzzedDataProvider& in, unsigned n) { return in.ConsumeIntegralInRange<unsigned>(1, n) == n; }
 
 /// A mostly-in-range integer: with probability 1/`wild` any value of T.
