@@ -99,6 +99,24 @@ CheckReport run_check(const Config& config, const std::string& config_path, xen:
             ScanResult scan = scan_announced_devices(*xs.value(), *r.host.domid);
             for (auto& [path, e] : scan.errors) r.xs_errors.emplace_back(path, e.describe());
             r.guests = guests_from_announced(scan.devices, config, xs.value().get());
+            // A guest found in xenstore replaces its configuration-only facts
+            // in evaluate(): its configured virtio-pci devices (which xenstore
+            // never announces) are added here, as the daemon's start does
+            // (GuestManager::guest_facts), so `check` and `serve` decide alike.
+            for (GuestFacts& g : r.guests) {
+                if (!g.domid) continue;
+                for (const DeviceEntry* e : config.devices_of(*g.domid, g.name)) {
+                    if (e->transport != Transport::Pci) continue;
+                    DeviceFacts d;
+                    d.type = e->type;
+                    d.index = e->index;
+                    d.transport = Transport::Pci;
+                    d.grant_usage = e->grants;
+                    d.nonblocking = e->nonblocking;
+                    d.key = "config/" + e->name();
+                    g.devices.push_back(std::move(d));
+                }
+            }
         } else {
             r.xs_errors.emplace_back("xenstore", xs.error().describe());
         }

@@ -576,6 +576,8 @@ int run_demo(const DemoOptions& opts, std::ostream& out) {
     std::mutex sessions_mu;
     std::map<xen::DomId, std::shared_ptr<GuestSession>> sessions;
     ManagerOptions mo;
+    // Each guest on its own I/O threads, as each has its own worker process on Xen.
+    mo.threads_per_guest = std::max(2u, config.daemon.workers);
     mo.on_session = [&](std::shared_ptr<GuestSession> s) {
         std::lock_guard lk(sessions_mu);
         sessions[s->domid()] = s;

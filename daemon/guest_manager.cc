@@ -226,13 +226,33 @@ std::shared_ptr<GuestManager> GuestManager::create(const Config& config, xen::Hy
 GuestManager::GuestManager(const Config& config, xen::Hypervisor& hv, boost::asio::any_io_executor ex,
                            ManagerOptions opts)
     : config_(config), hv_(hv), ex_(ex), strand_(boost::asio::make_strand(ex)), opts_(std::move(opts)),
-      reap_timer_(ex) {
+      reap_timer_(ex), settle_timer_(ex) {
     if (opts_.spawn_workers && !opts_.spawner) opts_.spawner = make_process_spawner(opts_.self_exe, opts_.config_path);
 }
 
 GuestManager::~GuestManager() {
     // The watch fd belongs to the XenStore handle: never close it twice.
     if (watch_sd_ && watch_sd_->is_open()) (void)watch_sd_->release();
+    // Sessions not stopped in order (the manager dropped without stop(), as
+    // a crashed worker's are): their own threads are joined and what they
+    // left queued is destroyed first, while the grant and device-model
+    // handles those handlers may still use are open; then the sessions
+    // close their handles, as the kernel closes a dead process's; the
+    // io_contexts go last (guest_executor.h).
+    for (auto& [key, ex] : executors_) {
+        if (ex->on_own_thread()) {
+            // Cannot join itself: leave the threads (and the guest) alive
+            // rather than destroy what they are running.
+            spdlog::critical("guest manager destroyed on a guest's own thread; its threads are left running");
+            (void)ex.release();
+            continue;
+        }
+        ex->halt();
+        ex->drain();
+    }
+    sessions_.clear();
+    closing_.clear();
+    executors_.clear();
 }
 
 Result<Verdicts> GuestManager::start() {
@@ -272,7 +292,8 @@ Result<Verdicts> GuestManager::start() {
     if (all.refuses_start()) return all;
 
     for (auto& [path, err] : scan.errors) {
-        report_scan_error(path, err);
+        spdlog::error("{}: ignored: {}", path, err.describe());
+        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
         reported_.insert(path);
     }
     for (auto& [dom, devs] : want) start_guest(dom, devs, true, nullptr);
@@ -403,6 +424,7 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     // A worker (or a restarted one) finds the whole device set itself.
     if (workers_.count(domid)) return;
     if (sessions_.count(domid)) return refuse_late_devices(domid, devs);
+    if (!at_start && !settled(domid, devs)) return;
     if (!has_target(domid)) return;  // picked up when `attach` writes our target key
     std::string name_why;
     const std::string name = guest_name(domid, &name_why);
@@ -425,9 +447,15 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
     Verdicts v = evaluate(config_, facts, host_);
     if (!at_start) log_verdicts(v);
 
+    // A verdict refusing the whole guest: Refuse, or DeviceRefused for every
+    // device ("*", R5: its worker cannot be restricted to it).
+    auto refuses_guest = [domid](const Verdict& item) {
+        return item.domid && *item.domid == domid &&
+               (item.level == Level::Refuse || (item.level == Level::DeviceRefused && item.device == "*"));
+    };
     bool guest_refused = false;
     for (const auto& item : v.items) {
-        if (item.level != Level::Refuse || !item.domid || *item.domid != domid) continue;
+        if (!refuses_guest(item)) continue;
         guest_refused = true;
         spdlog::error("dom{} ({}): not served: {} (seed \"{}\"): {}", domid, name, item.rule, item.section,
                       item.message);
@@ -438,7 +466,7 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
         for (const auto& d : devs) {
             const Verdict* why = nullptr;
             for (const auto& item : v.items)
-                if (item.level == Level::Refuse && item.domid && *item.domid == domid) why = &item;
+                if (refuses_guest(item)) why = &item;
             if (why) (void)write_device_error(*xs_, self_, d, xenstore_error_text(*why));
         }
         return;
@@ -471,7 +499,10 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
         spawn_worker(domid);
         return;
     }
-    auto s = GuestSession::start(hv_, xs_.get(), ex_, std::move(pr.plan));
+    // Each guest on its own threads when asked (guest_executor.h).
+    std::unique_ptr<GuestExecutor> own;
+    if (opts_.threads_per_guest > 0) own = std::make_unique<GuestExecutor>(opts_.threads_per_guest, domid);
+    auto s = GuestSession::start(hv_, xs_.get(), own ? own->executor() : ex_, std::move(pr.plan));
     if (!s) {
         // Not retried until the guest goes away (or SIGHUP): the error node
         // written here fires our own watch, and a retry on every rescan
@@ -481,10 +512,50 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
         return;
     }
     ++stats_.sessions_started;
+    if (own) executors_[s.value().get()] = std::move(own);
     sessions_[domid] = s.value();
     auto& known = started_with_[domid];
     for (const auto& d : devs) known.insert(d.backend_path);
     if (opts_.on_session) opts_.on_session(s.value());
+}
+
+bool GuestManager::settled(xen::DomId domid, const std::vector<AnnouncedDevice>& devs) {
+    using Clock = std::chrono::steady_clock;
+    const auto now = Clock::now();
+    std::set<std::string> paths;
+    for (const auto& d : devs) paths.insert(d.backend_path);
+    auto [it, fresh] = settling_.try_emplace(domid);
+    Settling& st = it->second;
+    if (fresh) {
+        st.first_seen = st.last_change = now;
+        st.paths = std::move(paths);
+        ++stats_.settle_waits;
+    } else if (paths != st.paths) {
+        st.last_change = now;
+        st.paths = std::move(paths);
+    }
+    const auto quiet_at = st.last_change + opts_.settle_quiet;
+    const auto max_at = st.first_seen + opts_.settle_max;
+    if (now >= quiet_at || now >= max_at) {
+        if (now < quiet_at)
+            spdlog::warn("dom{}: its device list still changed {} ms ago; serving the {} device(s) announced now "
+                         "(settle_max {} ms)", domid,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(now - st.last_change).count(),
+                         st.paths.size(), opts_.settle_max.count());
+        settling_.erase(it);
+        return true;
+    }
+    // Look again when it may have settled (a device written meanwhile
+    // rescans earlier through the watch, and moves this deadline).
+    auto due = std::min(quiet_at, max_at);
+    if (settle_timer_.expiry() <= now || due < settle_timer_.expiry()) {
+        settle_timer_.expires_at(due);
+        auto self = shared_from_this();
+        settle_timer_.async_wait(boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
+            if (!ec) self->rescan();
+        }));
+    }
+    return false;
 }
 
 void GuestManager::stop_guest(xen::DomId domid, const char* why) {
@@ -498,13 +569,31 @@ void GuestManager::stop_guest(xen::DomId domid, const char* why) {
     // Kept until closed: a SIGTERM meanwhile waits for this stop too, so
     // the guest's grants are unmapped and state 6 written before exit.
     closing_[domid] = s;
+    s->stop(on_closed(domid));
+}
+
+std::function<void()> GuestManager::on_closed(xen::DomId domid) {
     auto self = shared_from_this();
-    s->stop([self, domid] {
+    return [self, domid] {
         boost::asio::post(self->strand_, [self, domid] {
-            self->closing_.erase(domid);
+            self->retire(domid);
             self->maybe_stopped();
         });
-    });
+    };
+}
+
+void GuestManager::retire(xen::DomId domid) {
+    auto it = closing_.find(domid);
+    if (it == closing_.end()) return;
+    auto s = std::move(it->second);
+    closing_.erase(it);
+    auto ex = executors_.find(s.get());
+    if (ex == executors_.end()) return;
+    auto own = std::move(ex->second);
+    executors_.erase(ex);
+    own->halt();
+    own->drain();
+    s.reset();
 }
 
 void GuestManager::maybe_stopped() {
@@ -540,15 +629,6 @@ void GuestManager::on_watch() {
     if (any) rescan();
 }
 
-void GuestManager::report_scan_error(const std::string& path, const Error& err) {
-    // The message names the guest and device (discovery.h); the error node
-    // goes where xenbus backends put theirs.
-    ++stats_.devices_refused;
-    spdlog::error("refused xenstore entry {}: {}", path, err.describe());
-    if (auto r = write_backend_error(*xs_, self_, path, "xen-virtiod: " + err.message); !r)
-        spdlog::warn("{}: cannot write the error node: {}", path, r.error().describe());
-}
-
 void GuestManager::rescan() {
     if (stopping_) return;
     ++stats_.scans;
@@ -564,7 +644,8 @@ void GuestManager::rescan() {
     }
     for (auto& [path, err] : scan.errors) {
         if (!reported_.insert(path).second) continue;
-        report_scan_error(path, err);
+        spdlog::error("{}: ignored: {}", path, err.describe());
+        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
     }
     // Guests that went away: backend state Closing (xl destroy), backend
     // directory removed, or the domain dying/destroyed.
@@ -584,6 +665,7 @@ void GuestManager::rescan() {
         if (!guest_alive(dom)) refused_guests_.erase(dom);
     for (auto dom : std::vector<xen::DomId>(given_up_.begin(), given_up_.end()))
         if (!guest_alive(dom)) given_up_.erase(dom);
+    std::erase_if(settling_, [&](const auto& kv) { return !guest_alive(kv.first); });
     std::erase_if(waiting_target_, [&](xen::DomId dom) { return !guest_alive(dom); });
 
     auto want = wanted(scan);
@@ -716,6 +798,7 @@ void GuestManager::stop(std::function<void()> done) {
     boost::asio::post(strand_, [self, done = std::move(done)]() mutable {
         self->stopping_ = true;
         self->reap_timer_.cancel();
+        self->settle_timer_.cancel();
         if (self->watch_sd_) {
             self->watch_sd_->cancel();
             (void)self->watch_sd_->release();
@@ -738,12 +821,7 @@ void GuestManager::stop(std::function<void()> done) {
             const xen::DomId dom = id;  // a structured binding cannot be captured before clang 16
             ++self->stats_.sessions_stopped;
             self->closing_[dom] = s;
-            s->stop([self, dom] {
-                boost::asio::post(self->strand_, [self, dom] {
-                    self->closing_.erase(dom);
-                    self->maybe_stopped();
-                });
-            });
+            s->stop(self->on_closed(dom));
         }
         self->maybe_stopped();
     });

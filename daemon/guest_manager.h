@@ -56,6 +56,7 @@
 
 #include "config.h"
 #include "discovery.h"
+#include "guest_executor.h"
 #include "guest_session.h"
 #include "policy.h"
 #include "xv/xen/hypervisor.h"
@@ -94,6 +95,11 @@ struct ManagerOptions {
     std::optional<xen::DomId> only_guest;
     /// Run one worker process per guest instead of in-process sessions.
     bool spawn_workers = false;
+    /// In-process sessions: each guest gets its own io_context with this
+    /// many threads (guest_executor.h), as each gets its own process under
+    /// the Hardware Domain service; 0 runs every session on the manager's
+    /// executor (a `--domid N` worker, which serves one guest anyway).
+    unsigned threads_per_guest = 0;
     /// For spawned workers: this binary and the configuration file.
     std::string self_exe;
     std::string config_path;
@@ -110,6 +116,13 @@ struct ManagerOptions {
     std::chrono::milliseconds healthy_after{60000};
     /// Called when the guest of `only_guest` went away.
     std::function<void()> on_only_guest_gone;
+    /// A guest found after start is served (or its worker spawned) once
+    /// its list of announced devices has not changed for `settle_quiet`
+    /// (libxl writes a guest's devices one by one, and a backend serves
+    /// the devices present when it starts), or `settle_max` after it was
+    /// first seen, whichever comes first.
+    std::chrono::milliseconds settle_quiet{250};
+    std::chrono::milliseconds settle_max{3000};
     /// Called after each session started (demo, tests).
     std::function<void(std::shared_ptr<GuestSession>)> on_session;
 };
@@ -128,6 +141,7 @@ struct ManagerStats {
     std::uint64_t workers_restarted = 0;
     std::uint64_t guests_given_up = 0;
     std::uint64_t late_devices_refused = 0;
+    std::uint64_t settle_waits = 0;      ///< guests held back while their device list changed
 };
 
 /// Builds the plan of one guest from what xenstore announced and the
@@ -153,8 +167,6 @@ public:
 
     /// Scans xenstore now (what a watch event triggers).
     void rescan();
-    /// Logs a refused xenstore entry (a ScanResult error) and writes its error node.
-    void report_scan_error(const std::string& path, const Error& err);
 
     /// Stops discovery and every session; `done` when all are closed.
     void stop(std::function<void()> done);
@@ -211,6 +223,14 @@ private:
     std::map<xen::DomId, std::shared_ptr<GuestSession>> sessions_;
     /// Sessions whose orderly stop is under way; stop() waits for them too.
     std::map<xen::DomId, std::shared_ptr<GuestSession>> closing_;
+    /// Own I/O threads of in-process sessions (threads_per_guest > 0),
+    /// live or closing; retired once the session closed.
+    std::map<const GuestSession*, std::unique_ptr<GuestExecutor>> executors_;
+    /// After `domid`'s session closed: joins its threads, destroys what
+    /// they left queued, then lets the session (its Xen handles) go.
+    void retire(xen::DomId domid);
+    /// The completion of the stop of `domid`'s session (runs on its thread).
+    std::function<void()> on_closed(xen::DomId domid);
     std::function<void()> stop_done_;
     /// Runs stop_done_ once nothing is closing any more.
     void maybe_stopped();
@@ -229,6 +249,16 @@ private:
     std::set<std::string> reported_;               ///< backend paths already given an error node
     std::set<xen::DomId> refused_guests_;
     std::set<xen::DomId> waiting_target_;          ///< guests logged as waiting for `attach`
+    /// Guests found after start whose device list is still settling.
+    struct Settling {
+        std::chrono::steady_clock::time_point first_seen, last_change;
+        std::set<std::string> paths;  ///< backend paths seen last time
+    };
+    std::map<xen::DomId, Settling> settling_;
+    boost::asio::steady_timer settle_timer_;
+    /// True when `domid`'s announced devices are settled (see settle_quiet);
+    /// otherwise arms a rescan for when they may be.
+    bool settled(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
     ManagerStats stats_;
 };
 

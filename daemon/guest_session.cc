@@ -48,6 +48,7 @@ GuestSession::~GuestSession() { release(); }
 
 Result<void> GuestSession::build(xen::Hypervisor& hv, boost::asio::any_io_executor ex) {
     const xen::DomId dom = plan_.domid;
+    ex_ = ex;
     auto grants = hv.open_grants();
     if (!grants) return std::move(grants).error();
     grants_ = std::move(grants).value();

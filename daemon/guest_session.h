@@ -98,6 +98,8 @@ public:
     std::vector<DeviceReport> devices() const;
     /// The device called `name`, or nullptr.
     std::shared_ptr<transport::Device> device(const std::string& name) const;
+    /// The executor the guest's ioreq loop, transports and devices run on.
+    boost::asio::any_io_executor executor() const { return ex_; }
     /// The ioreq loop (statistics).
     std::shared_ptr<transport::IoreqLoop> loop() const { return loop_; }
     /// The PCI host, when a device is on pci.
@@ -111,6 +113,7 @@ private:
 
     xen::XenStore* xs_;
     GuestPlan plan_;
+    boost::asio::any_io_executor ex_;
     std::atomic<State> state_{State::Discovered};
     std::unique_ptr<xen::GrantMapper> grants_;
     std::unique_ptr<xen::DeviceModel> dm_;
