@@ -292,8 +292,7 @@ Result<Verdicts> GuestManager::start() {
     if (all.refuses_start()) return all;
 
     for (auto& [path, err] : scan.errors) {
-        spdlog::error("{}: ignored: {}", path, err.describe());
-        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
+        report_scan_error(path, err);
         reported_.insert(path);
     }
     for (auto& [dom, devs] : want) start_guest(dom, devs, true, nullptr);
@@ -629,6 +628,15 @@ void GuestManager::on_watch() {
     if (any) rescan();
 }
 
+void GuestManager::report_scan_error(const std::string& path, const Error& err) {
+    // The message names the guest and device (discovery.h); the error node
+    // goes where xenbus backends put theirs.
+    ++stats_.devices_refused;
+    spdlog::error("refused xenstore entry {}: {}", path, err.describe());
+    if (auto r = write_backend_error(*xs_, self_, path, "xen-virtiod: " + err.message); !r)
+        spdlog::warn("{}: cannot write the error node: {}", path, r.error().describe());
+}
+
 void GuestManager::rescan() {
     if (stopping_) return;
     ++stats_.scans;
@@ -644,8 +652,7 @@ void GuestManager::rescan() {
     }
     for (auto& [path, err] : scan.errors) {
         if (!reported_.insert(path).second) continue;
-        spdlog::error("{}: ignored: {}", path, err.describe());
-        (void)xs_->write(path + "/error", "xen-virtiod: " + err.message);
+        report_scan_error(path, err);
     }
     // Guests that went away: backend state Closing (xl destroy), backend
     // directory removed, or the domain dying/destroyed.

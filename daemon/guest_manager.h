@@ -167,6 +167,8 @@ public:
 
     /// Scans xenstore now (what a watch event triggers).
     void rescan();
+    /// Logs a refused xenstore entry (a ScanResult error) and writes its error node.
+    void report_scan_error(const std::string& path, const Error& err);
 
     /// Stops discovery and every session; `done` when all are closed.
     void stop(std::function<void()> done);
