@@ -203,24 +203,41 @@ TEST(DaemonE2E, PlanMatchesAnnouncedDevicesToConfigurationAndRefusesUnknownGener
 }
 
 // Issue 5: "Two guests at once: one flooding its queues, the other's
-// throughput stays within 20 % of running alone." The figures against
-// that goal come from bench/daemon (fairness_bench, a release build);
-// here, in the sanitizer build on a shared machine, only what holds
-// reliably is asserted: the flood really ran, every request of both
-// guests completed with status OK, and the honest guest was never starved
-// (at least kMinShare of the rate it had alone, measured in the same run;
-// 29 % to 61 % were seen here on a loaded 2-core machine).
+// throughput stays within 20 % of running alone." Each guest runs on its
+// own I/O thread (guest_executor.h; workers = 1, two guests on a 2-core
+// machine), as each runs in its own worker process on Xen. The honest
+// guest keeps 4 verified 4 KiB reads in flight on a file; the flood (64 KiB
+// requests on two queues, a kick per request) is switched on and off in
+// alternating windows, so both sides of the ratio see the same background
+// load (fairness.h).
+//
+// Asserted, because the daemon decides it: the two guests ran on separate
+// executors, neither the manager's (no handler of the honest guest is ever
+// queued behind the flood's); the flood really ran; every request of both
+// guests completed with status OK and the honest guest read the right
+// bytes. The rate ratio is asserted only at kMinShare = 0.25, not at the
+// goal's 0.80: in this build (ASan+UBSan, debug) on a 2-core machine shared
+// with compilers and other tests (load average 13-17 while this was
+// written), the simulated guests' vCPUs are threads of this process that
+// compete with the daemon for the same two CPUs (on Xen they run on their
+// own physical CPUs), so the ratio mostly measures the kernel's share of
+// a loaded CPU. Measured here: 0.43 with two threads per guest; with all
+// guests on one shared executor 0.15 to 0.61 (ASan) and 0.14 to 0.21
+// (release). The figure against the goal comes from bench/daemon
+// (fairness_bench, release build), which prints all three shapes.
 TEST(DaemonE2E, TwoGuestsAtOnceTheFloodersNeighbourKeepsItsShare) {
-    constexpr double kMinShare = 0.05;
+    constexpr double kMinShare = 0.25;
     FairnessOptions o;
-    o.phase = 1000ms;
     auto r = measure_fairness(o);
     ASSERT_TRUE(r.has_value()) << r.error().describe();
     ASSERT_TRUE(r->failure.empty()) << r->failure;
-    std::printf("honest guest: %.0f requests/s alone, %.0f with the flood (%.0f %%); flooder %.0f requests/s\n",
-                r->solo_rps, r->flooded_rps, 100 * r->ratio(), r->flooder_rps);
-    EXPECT_GT(r->solo_rps, 0);
-    EXPECT_GT(r->flooder_requests, 0u) << "the flooder never completed a request: nothing was measured";
+    std::printf("honest guest: %.0f requests/s with the flood off, %.0f with it on (%.0f %%, worst round %.0f %%); "
+                "flooder %.0f requests/s of %u KiB\n",
+                r->solo_rps, r->flooded_rps, 100 * r->ratio(), 100 * r->worst_round, r->flooder_rps,
+                o.flood_len / 1024);
+    EXPECT_TRUE(r->separate_executors) << "the guests share an executor";
+    EXPECT_GT(r->honest_requests, 500u) << "too few honest requests for a ratio";
+    EXPECT_GT(r->flooder_requests, 500u) << "the flood did not really run: nothing was measured";
     EXPECT_GE(r->ratio(), kMinShare);
 }
 

@@ -12,6 +12,7 @@
 #include <boost/asio/post.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -49,20 +50,28 @@ public:
     ~Host() { shutdown(); }
 
     /// Starts the manager and the I/O threads.
+    /// In-process sessions get their own `io_threads` threads each unless
+    /// `mo` says otherwise (the shape the daemon runs guests in).
     Result<Verdicts> start(ManagerOptions mo = {}, unsigned io_threads = 2) {
         if (!config_error.empty()) return make_error(std::errc::invalid_argument, config_error);
+        if (per_guest_threads && !mo.spawn_workers && !mo.only_guest && mo.threads_per_guest == 0)
+            mo.threads_per_guest = io_threads;
         manager = GuestManager::create(config, *sim, io.get_executor(), std::move(mo));
         auto v = manager->start();
         for (unsigned i = 0; i < io_threads; ++i) threads.emplace_back([this] { io.run(); });
         return v;
     }
 
-    /// Runs `f` on the manager's executor and waits (rescan, sessions).
+    /// Runs `f` on the manager's strand (where its state lives: rescan,
+    /// sessions, stats) and waits.
     template <class F>
     auto on_io(F&& f) {
         std::packaged_task<decltype(f())()> task(std::forward<F>(f));
         auto fut = task.get_future();
-        boost::asio::post(io, [&task] { task(); });
+        if (manager)
+            boost::asio::post(manager->strand(), [&task] { task(); });
+        else
+            boost::asio::post(io, [&task] { task(); });
         return fut.get();
     }
 
@@ -103,6 +112,8 @@ public:
                std::to_string(r.open_handles);
     }
 
+    /// Set to false before start() to run every session on `io`.
+    bool per_guest_threads = true;
     std::shared_ptr<xen::sim::SimHypervisor> sim;
     Config config;
     std::string config_error;
@@ -126,13 +137,22 @@ inline std::string blk_toml(const std::string& guest, const std::string& image, 
     return "\n[[device]]\nguest = \"" + guest + "\"\ntype = \"blk\"\npath = \"" + image + "\"\n" + extra;
 }
 
-/// A temp image file of `bytes` (on tmpfs when /dev/shm exists, so that
-/// figures do not depend on a disk).
+/// A temp image file of `bytes`: on tmpfs when /dev/shm exists (figures
+/// that do not depend on a disk), or on the real filesystem
+/// (XV_TEST_IMAGE_DIR, default /var/tmp).
 struct TempImage {
-    explicit TempImage(std::uint64_t bytes) {
+    enum class Where { Tmpfs, Filesystem };
+    explicit TempImage(std::uint64_t bytes, Where where = Where::Tmpfs) {
         namespace fs = std::filesystem;
         std::error_code ec;
-        fs::path dir = fs::is_directory("/dev/shm", ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
+        fs::path dir;
+        if (where == Where::Filesystem) {
+            const char* env = std::getenv("XV_TEST_IMAGE_DIR");
+            dir = env && *env ? fs::path(env) : fs::is_directory("/var/tmp", ec) ? fs::path("/var/tmp")
+                                                                                 : fs::temp_directory_path();
+        } else {
+            dir = fs::is_directory("/dev/shm", ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
+        }
         path = dir / ("xv-e2e-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".img");
         std::ofstream(path).close();
         fs::resize_file(path, bytes);
