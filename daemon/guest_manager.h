@@ -180,6 +180,9 @@ public:
     /// Live sessions.
     std::vector<std::shared_ptr<GuestSession>> sessions() const;
     ManagerStats stats() const { return stats_; }
+    /// The strand the manager's state lives on: the methods above are
+    /// called there (post to it from other threads).
+    const boost::asio::strand<boost::asio::any_io_executor>& strand() const { return strand_; }
 
 private:
     GuestManager(const Config& config, xen::Hypervisor& hv, boost::asio::any_io_executor ex, ManagerOptions opts);

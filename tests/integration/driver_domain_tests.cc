@@ -5,6 +5,7 @@
 // 6) leaving no zombie, and `check` run inside the driver domain.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -173,7 +174,7 @@ TEST(DriverDomain, ServesItsTargetGuestWithGrantsAndTeardownReleasesAllItHolds) 
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*g, 0, "virtio,device2", true, kDrv)).has_value());
     ManagerOptions mo;
     mo.only_guest = *g;  // the per-guest instance, xen-virtiod@<G>
-    bool gone = false;
+    std::atomic<bool> gone = false;  // set on an I/O thread
     mo.on_only_guest_gone = [&] { gone = true; };
     auto v = h.start(mo);
     ASSERT_TRUE(v.has_value()) << v.error().describe();
@@ -199,7 +200,7 @@ TEST(DriverDomain, ServesItsTargetGuestWithGrantsAndTeardownReleasesAllItHolds) 
     // dd-no-zombie-after-drv).
     EXPECT_EQ(h.sim->resources().mapped_grant_pages, 0u);
     EXPECT_EQ(h.sim->zombies(), std::vector<xen::DomId>{*g}) << "held by the driver domain's target only";
-    EXPECT_TRUE(h.eventually([&] { return gone; })) << "the per-guest instance did not notice its guest is gone";
+    EXPECT_TRUE(h.eventually([&] { return gone.load(); })) << "the per-guest instance did not notice its guest is gone";
     EXPECT_EQ(h.sim->stats().foreign_ram_maps, 0u);
 }
 
