@@ -52,7 +52,7 @@ TEST(DaemonE2E, ServesAnnouncedGuestVerifiesDataAndReleasesEverythingOnDestroy) 
     auto v = h.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
     EXPECT_FALSE(v.value().refuses_start());
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
+    ASSERT_EQ(h.sessions().size(), 1u);
     auto& xs = h.sim->toolstack_store();
     // The backend moved to InitWait once its ranges were claimed (xen-facts §3.4).
     EXPECT_EQ(xs.read(be_path(*dom, 0) + "/state").value(), "2");
@@ -80,7 +80,7 @@ TEST(DaemonE2E, ServesAnnouncedGuestVerifiesDataAndReleasesEverythingOnDestroy) 
     // Destroy the guest: the manager notices and releases everything.
     g.reset();
     ASSERT_TRUE(h.sim->destroy_domain(*dom).has_value());
-    EXPECT_TRUE(h.eventually([&] { return h.manager->sessions().empty(); }));
+    EXPECT_TRUE(h.eventually([&] { return h.sessions().empty(); }));
     EXPECT_TRUE(h.eventually([&] { return h.released(); })) << h.resources_text();
     EXPECT_TRUE(h.sim->zombies().empty());
     EXPECT_EQ(h.sim->stats().foreign_ram_maps, 0u);
@@ -121,7 +121,7 @@ TEST(DaemonE2E, SafeVmDeviceWithoutTheNonBlockingRegistersRefusesStart) {
     bool r2 = false;
     for (const auto& i : v.value().items) r2 |= i.rule == "R2" && i.level == Level::Refuse;
     EXPECT_TRUE(r2) << "the refusal names R2 (FFI: Synchronous Emulation)";
-    EXPECT_TRUE(h.manager->sessions().empty()) << "nothing is served when the daemon refuses to start";
+    EXPECT_TRUE(h.sessions().empty()) << "nothing is served when the daemon refuses to start";
     EXPECT_EQ(h.sim->resources().ioreq_servers, 0u);
 }
 
@@ -150,7 +150,7 @@ TEST(DaemonE2E, BackendStateClosingFromXlDestroyStopsTheGuestAndAnswersClosed) {
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.start().has_value());
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
+    ASSERT_EQ(h.sessions().size(), 1u);
     auto& xs = h.sim->toolstack_store();
     // lab-notes: `xl destroy` sets online=0 and state=5, then waits for 6.
     ASSERT_TRUE(begin_device_removal(xs, be_path(*dom, 0)).has_value());
@@ -165,7 +165,7 @@ TEST(DaemonE2E, GuestCreatedLaterIsPickedUpThroughTheWatch) {
     TempImage img(4 << 20);
     Host h(unsafe_guest_with_blk(img));
     ASSERT_TRUE(h.start().has_value());
-    EXPECT_TRUE(h.manager->sessions().empty());
+    EXPECT_TRUE(h.sessions().empty());
     auto dom = create_guest(h, "g1");
     ASSERT_TRUE(dom.has_value());
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device2")).has_value());

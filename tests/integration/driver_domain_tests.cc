@@ -179,7 +179,7 @@ TEST(DriverDomain, ServesItsTargetGuestWithGrantsAndTeardownReleasesAllItHolds) 
     auto v = h.start(mo);
     ASSERT_TRUE(v.has_value()) << v.error().describe();
     EXPECT_FALSE(v.value().refuses_start());
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
+    ASSERT_EQ(h.sessions().size(), 1u);
     EXPECT_EQ(h.sim->toolstack_store().read(be_path(*g, 0, kDrv) + "/state").value(), "2");
     blk_roundtrip(*h.sim->guest(*g), kBase, 33, 8, std::vector<std::byte>(8192, std::byte{0x7d}), kDrv);
     EXPECT_GT(h.sim->resources().mapped_grant_pages + h.sim->resources().ioreq_servers, 0u);
@@ -214,7 +214,7 @@ TEST(DriverDomain, AGuestFoundBeforeAttachIsServedOnceTheTargetIsGiven) {
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*g, 0, "virtio,device2", true, kDrv)).has_value());
     auto v = h.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
-    EXPECT_TRUE(h.manager->sessions().empty());
+    EXPECT_TRUE(h.sessions().empty());
     auto& xs = h.sim->toolstack_store();
     EXPECT_NE(xs.read(be_path(*g, 0, kDrv) + "/state").value(), "2") << "InitWait before device-model privilege";
     EXPECT_FALSE(xs.read(be_path(*g, 0, kDrv) + "/error").has_value()) << "waiting is not an error";
@@ -225,7 +225,7 @@ TEST(DriverDomain, AGuestFoundBeforeAttachIsServedOnceTheTargetIsGiven) {
         auto st = xs.read(be_path(*g, 0, kDrv) + "/state");
         return st && st.value() == "2";
     })) << "not served after the target key appeared";
-    EXPECT_EQ(h.manager->sessions().size(), 1u);
+    EXPECT_EQ(h.sessions().size(), 1u);
     blk_roundtrip(*h.sim->guest(*g), kBase, 33, 8, std::vector<std::byte>(8192, std::byte{0x5a}), kDrv);
 }
 
@@ -242,7 +242,7 @@ TEST(DriverDomain, AGuestWhoseNameItCannotReadIsRefusedWithTheFixNotMismatched) 
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*g, 0, "virtio,device2", true, kDrv)).has_value());
     auto v = h.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
-    EXPECT_TRUE(h.manager->sessions().empty());
+    EXPECT_TRUE(h.sessions().empty());
     auto err = h.sim->toolstack_store().read(be_path(*g, 0, kDrv) + "/error");
     ASSERT_TRUE(err.has_value());
     const std::string id = std::to_string(*g);
@@ -272,7 +272,7 @@ TEST(DriverDomain, AGuestNamedByDomidNeedsNoReadableName) {
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*g, 0, "virtio,device2", true, kDrv)).has_value());
     auto v = h.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
+    ASSERT_EQ(h.sessions().size(), 1u);
     blk_roundtrip(*h.sim->guest(*g), kBase, 33, 8, std::vector<std::byte>(8192, std::byte{0x3c}), kDrv);
 }
 
@@ -289,7 +289,7 @@ TEST(DriverDomain, UnderXsmSiloNothingIsServedAndNothingLeaks) {
     for (const auto& i : v.value().items)
         silo |= i.rule == "XSM" && i.level == Level::Warning && i.message.find("xsm=dummy") != std::string::npos;
     EXPECT_TRUE(silo);
-    EXPECT_TRUE(h.manager->sessions().empty());
+    EXPECT_TRUE(h.sessions().empty());
     auto err = h.sim->toolstack_store().read(be_path(*g, 0, kDrv) + "/error");
     ASSERT_TRUE(err.has_value());
     EXPECT_NE(err.value().find("SILO"), std::string::npos) << err.value();

@@ -197,14 +197,14 @@ inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
     h.per_guest_threads = o.per_guest_threads;
     auto v = h.start({}, o.io_threads);
     if (!v) return std::move(v).error();
-    if (h.manager->sessions().size() != 2)
-        return make_error(std::errc::io_error, "the daemon serves " + std::to_string(h.manager->sessions().size()) +
+    if (h.sessions().size() != 2)
+        return make_error(std::errc::io_error, "the daemon serves " + std::to_string(h.sessions().size()) +
                                                    " guests, not 2");
     auto hg = h.sim->guest(*honest);
     auto fg = h.sim->guest(*flood);
     FairnessResult res;
     {
-        auto ss = h.manager->sessions();
+        auto ss = h.sessions();
         const auto mex = boost::asio::any_io_executor(h.io.get_executor());
         res.separate_executors = ss[0]->executor() != ss[1]->executor() && ss[0]->executor() != mex &&
                                  ss[1]->executor() != mex;

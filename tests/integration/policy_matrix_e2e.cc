@@ -155,13 +155,13 @@ TEST_P(PolicyE2E, CheckStartAndServingAgreeWithTheRules) {
     EXPECT_EQ(v.value().refuses_start() ? kExitPolicy : kExitOk, want_exit);
     EXPECT_EQ(v.value().exit_status(), c.status);
     if (refuse) {
-        EXPECT_TRUE(h.manager->sessions().empty()) << "nothing is served when the start is refused";
+        EXPECT_TRUE(h.sessions().empty()) << "nothing is served when the start is refused";
         EXPECT_EQ(h.sim->resources().ioreq_servers, 0u);
         EXPECT_EQ(h.sim->resources().mapped_grant_pages, 0u);
         return;
     }
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
-    auto s = h.manager->sessions()[0];
+    ASSERT_EQ(h.sessions().size(), 1u);
+    auto s = h.sessions()[0];
     EXPECT_EQ(s->domid(), *dom);
     EXPECT_NE(s->device("console0"), nullptr) << "the console is served whatever happens to blk0";
     auto& xs = h.sim->toolstack_store();
@@ -253,19 +253,19 @@ TEST(PolicyE2EHost, RulesR3R4R5R6AndStrict) {
         ASSERT_TRUE(v.has_value()) << v.error().describe();
         EXPECT_EQ(v.value().exit_status(), k.exit);
         if (k.exit != 0) {
-            EXPECT_TRUE(h.manager->sessions().empty());
+            EXPECT_TRUE(h.sessions().empty());
             EXPECT_EQ(h.sim->resources().ioreq_servers, 0u);
             continue;
         }
         auto& xs = h.sim->toolstack_store();
         if (k.served) {
-            ASSERT_EQ(h.manager->sessions().size(), 1u);
+            ASSERT_EQ(h.sessions().size(), 1u);
             EXPECT_TRUE(h.eventually([&] {
                 auto st = xs.read(be_path(*dom, 0) + "/state");
                 return st && st.value() == "2";
             }));
         } else {
-            EXPECT_TRUE(h.manager->sessions().empty()) << "the refused guest is not served";
+            EXPECT_TRUE(h.sessions().empty()) << "the refused guest is not served";
             auto err = xs.read(be_path(*dom, 0) + "/error");
             ASSERT_TRUE(err.has_value()) << "the refused guest's device has no error node";
             EXPECT_NE(err.value().find(k.rule), std::string::npos) << err.value();

@@ -75,6 +75,12 @@ public:
         return fut.get();
     }
 
+    /// The manager's live sessions, read on its strand (its session map
+    /// changes there).
+    std::vector<std::shared_ptr<GuestSession>> sessions() {
+        return on_io([&] { return manager->sessions(); });
+    }
+
     /// Waits until `pred` holds (bounded).
     template <class P>
     bool eventually(P pred, std::chrono::milliseconds limit = 5000ms) {

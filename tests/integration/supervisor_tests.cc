@@ -295,7 +295,7 @@ TEST(Supervisor, OneWorkerPerGuestServesItAndExitsWhenTheGuestIsDestroyed) {
     auto v = s.start();
     ASSERT_TRUE(v.has_value()) << v.error().describe();
     EXPECT_EQ(s.spawner->spawns(), 2u);
-    EXPECT_TRUE(s.h.manager->sessions().empty()) << "the supervisor itself serves nothing";
+    EXPECT_TRUE(s.h.sessions().empty()) << "the supervisor itself serves nothing";
     ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2") && s.backend_state_is(*d2, "2"); }));
     blk_roundtrip(*s.h.sim->guest(*d1), kBase, 33, 8, std::vector<std::byte>(4096, std::byte{0x31}));
     blk_roundtrip(*s.h.sim->guest(*d2), kBase, 33, 8, std::vector<std::byte>(4096, std::byte{0x32}));
@@ -455,7 +455,7 @@ TEST(Supervisor, DeviceAnnouncedAfterTheGuestStartedGetsAnErrorNodeAndTheOthersK
     ASSERT_TRUE(d1);
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
     ASSERT_TRUE(h.start().has_value());
-    ASSERT_EQ(h.manager->sessions().size(), 1u);
+    ASSERT_EQ(h.sessions().size(), 1u);
     // A net device announced later: a sandboxed worker could not create its tap.
     ASSERT_TRUE(h.sim->add_virtio_device(spec(*d1, 1, "virtio,device1")).has_value());
     ASSERT_TRUE(h.eventually([&] { return h.sim->toolstack_store().read(be_path(*d1, 1) + "/error").has_value(); }));
