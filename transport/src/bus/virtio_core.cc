@@ -53,7 +53,13 @@ VirtioCore::VirtioCore(std::shared_ptr<Device> device, TransportEnv env, std::st
     }
 }
 
-VirtioCore::~VirtioCore() = default;
+VirtioCore::~VirtioCore() {
+    // A device destroyed together with its transport, without the orderly
+    // reset (a worker torn down after a crash), may still own chains of its
+    // queues, and a chain releases itself into its Virtqueue: drop the
+    // device (when this is its last owner) while queues_ still exist.
+    device_.reset();
+}
 
 void VirtioCore::set_hooks(CoreHooks* hooks) {
     std::lock_guard lk(mu_);
