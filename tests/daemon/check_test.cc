@@ -88,13 +88,24 @@ TEST(Discovery, NonCanonicalNamesDoNotAliasADevice) {
     const std::string be = "/local/domain/0/backend/virtio/";
     hv.store->set(be + "5/00/frontend-id", "5");
     hv.store->set(be + "05/0/frontend-id", "5");
+    hv.store->set(be + "5/1/frontend-id", "6");  // and one that parses but is refused
     auto xs = hv.open_xenstore();
     ASSERT_TRUE(xs);
     ScanResult scan = scan_announced_devices(*xs.value(), 0);
     ASSERT_EQ(scan.devices.size(), 1u);
     EXPECT_EQ(scan.devices[0].backend_path, be + "5/0");
-    EXPECT_EQ(scan.errors.count(be + "5/00"), 1u);
+    ASSERT_EQ(scan.errors.size(), 3u);
     EXPECT_EQ(scan.errors.count(be + "05"), 1u);
+    // Refusals name the guest, and the device when its name parsed (the
+    // log line and the error node carry this message).
+    EXPECT_EQ(scan.errors.at(be + "5/00").message.rfind("dom5: ", 0), 0u) << scan.errors.at(be + "5/00").message;
+    EXPECT_EQ(scan.errors.at(be + "5/1").message.rfind("dom5 virtio device 1: ", 0), 0u)
+        << scan.errors.at(be + "5/1").message;
+    // The error node goes in the backend directory and, as xenbus backends
+    // write it, under /local/domain/<be>/error/.
+    ASSERT_TRUE(write_backend_error(*xs.value(), 0, be + "5/1", "bad").has_value());
+    EXPECT_EQ(hv.store->nodes[be + "5/1/error"], "bad");
+    EXPECT_EQ(hv.store->nodes["/local/domain/0/error/backend/virtio/5/1/error"], "bad");
 }
 
 TEST(Discovery, IrqMustBeAnArmSpi) {
@@ -122,27 +133,6 @@ TEST(Discovery, IrqMustBeAnArmSpi) {
         EXPECT_NE(msg.find("not an SPI"), std::string::npos) << msg;
     }
     EXPECT_NE(scan.errors.at(be + "4").message.find("32..1019"), std::string::npos);
-}
-
-TEST(Discovery, ScanErrorsNameTheGuestAndGetAnErrorNode) {
-    FakeHypervisor hv;
-    hv.self = 0;
-    hv.add_virtio(5, 0, "virtio,device2", "mmio", "1");
-    const std::string be = "/local/domain/0/backend/virtio/";
-    hv.store->set(be + "5/00/frontend-id", "5");
-    hv.store->set(be + "5/1/frontend-id", "6");
-    auto xs = hv.open_xenstore();
-    ASSERT_TRUE(xs);
-    ScanResult scan = scan_announced_devices(*xs.value(), 0);
-    ASSERT_EQ(scan.errors.size(), 2u);
-    EXPECT_EQ(scan.errors.at(be + "5/00").message.rfind("dom5: ", 0), 0u) << scan.errors.at(be + "5/00").message;
-    EXPECT_EQ(scan.errors.at(be + "5/1").message.rfind("dom5 virtio device 1: ", 0), 0u)
-        << scan.errors.at(be + "5/1").message;
-    // Written where the device's own error would go, and mirrored under
-    // /local/domain/<be>/error/ as xenbus backends do.
-    ASSERT_TRUE(write_backend_error(*xs.value(), 0, be + "5/1", "bad").has_value());
-    EXPECT_EQ(hv.store->nodes[be + "5/1/error"], "bad");
-    EXPECT_EQ(hv.store->nodes["/local/domain/0/error/backend/virtio/5/1/error"], "bad");
 }
 
 TEST(Check, GuestsFromAnnouncedDevices) {
