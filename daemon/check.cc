@@ -41,6 +41,12 @@ HostFacts host_facts(xen::Hypervisor* hv) {
         h.xsm = dc.value()->xsm_mode();
         if (auto info = dc.value()->info(self.value())) h.target = info.value().target;
     }
+    // A driver domain may not be allowed to query even itself through
+    // domctl; the key `xen-virtiod attach` writes says the same.
+    if (!h.target && self.value() != 0)
+        if (auto xs = hv->open_xenstore())
+            if (auto t = xs.value()->read(xs.value()->domain_path(self.value()) + "/target"))
+                if (auto n = parse_xs_uint(t.value(), 0x7fef)) h.target = xen::DomId(*n);
     h.workers_restrictable = true;  // every worker calls restrict_all for its one guest (R5)
     return h;
 }
