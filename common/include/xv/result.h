@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cerrno>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -62,26 +63,34 @@ private:
     std::variant<T, Error> v_;
 };
 
-/// Result without a value.
+/// Result without a value. A success holds no Error at all (no string is
+/// built or destroyed), so an ok() on a hot path costs one flag.
 template <>
 class [[nodiscard]] Result<void> {
 public:
-    Result() = default;
-    Result(Error err) : err_(std::move(err)), ok_(false) {}  // NOLINT(implicit)
+    Result() noexcept = default;
+    Result(Error err) : err_(std::move(err)) {}  // NOLINT(implicit)
 
-    bool has_value() const noexcept { return ok_; }
-    explicit operator bool() const noexcept { return ok_; }
+    bool has_value() const noexcept { return !err_.has_value(); }
+    explicit operator bool() const noexcept { return !err_.has_value(); }
     void value() const {}
-    const Error& error() const& { return err_; }
-    Error&& error() && { return std::move(err_); }
+    /// The error; an empty Error for a success.
+    const Error& error() const& { return err_ ? *err_ : no_error(); }
+    Error&& error() && {
+        if (!err_) err_.emplace();
+        return std::move(*err_);
+    }
 
 private:
-    Error err_{};
-    bool ok_ = true;
+    static const Error& no_error() noexcept {
+        static const Error none{};
+        return none;
+    }
+    std::optional<Error> err_;
 };
 
 /// Success for Result<void>.
-inline Result<void> ok() { return {}; }
+inline Result<void> ok() noexcept { return {}; }
 
 }  // namespace xv
 
