@@ -151,6 +151,70 @@ protected:
         if (cookie == 0) return unmap(addr, pages);
         release(cookie, true);
     }
+    /// One unmap call for all of `maps`: the handle's mutex once, each
+    /// guest's grant_mu once per run of its mappings; the same per-ref
+    /// unref, zombie release and counters as release() (one call counted).
+    void unmap_batch(std::span<const Unmap> maps) noexcept override {
+        if (maps.size() == 1) return unmap_cookie(maps[0].addr, maps[0].pages, maps[0].cookie);
+        // Released after the locks: guest references (a guest's memory may
+        // go with its last one; `cur` is the current run's guest, `held` the
+        // earlier runs'), own mmaps, destroyed guests to drop. Only `cur`
+        // is used when one guest's views are released: no allocation.
+        std::shared_ptr<Domain> cur;
+        std::vector<std::shared_ptr<Domain>> held;
+        std::vector<std::pair<std::byte*, std::size_t>> own;
+        std::vector<std::shared_ptr<Domain>> zombies;
+        std::size_t pages = 0;
+        bool any = false;
+        {
+            std::lock_guard lk(mu_);
+            Domain* locked = nullptr;
+            std::unique_lock<std::mutex> g;
+            auto end_run = [&] {  // grant_mu of `locked` (cur) is held
+                if (locked && locked->dying && locked->mapped_pages == 0) zombies.push_back(cur);
+            };
+            for (const Unmap& m : maps) {
+                std::size_t slot = SIZE_MAX;
+                if (m.cookie != 0) {
+                    slot = m.cookie - 1;
+                } else {
+                    // Without a cookie: the latest live mapping at addr of pages (as unmap()).
+                    for (std::size_t i = 0; i < slots_.size(); ++i)
+                        if (slots_[i].live && slots_[i].addr == m.addr && slots_[i].refs.size() == m.pages) slot = i;
+                }
+                if (slot >= slots_.size() || !slots_[slot].live) continue;
+                MapRecord& rec = slots_[slot];
+                if (rec.dom.get() != locked) {
+                    end_run();
+                    if (g) g.unlock();
+                    if (cur) held.push_back(std::move(cur));
+                    cur = std::move(rec.dom);
+                    locked = cur.get();
+                    g = std::unique_lock(locked->grant_mu);
+                } else {
+                    rec.dom.reset();  // cur keeps the guest
+                }
+                for (GrantRef r : rec.refs) unref_locked(*locked, r);
+                locked->mapped_pages -= rec.refs.size();
+                pages += rec.refs.size();
+                rec.refs.clear();  // keeps its capacity for the slot's next map
+                for (int p = 0; p < 2; ++p)
+                    if (rec.own[p]) own.emplace_back(rec.own[p], std::size_t(rec.own_pages[p]) * kPageSize);
+                rec.live = false;
+                free_.push_back(std::uint32_t(slot));
+                any = true;
+            }
+            end_run();
+            if (g) g.unlock();
+            stats_.pages_unmapped += pages;
+            if (any) ++stats_.unmap_calls;
+        }
+        if (!any) return;
+        core_->stats.grant_unmap_calls.fetch_add(1, std::memory_order_relaxed);
+        core_->res.mapped_grant_pages.fetch_sub(pages, std::memory_order_relaxed);
+        for (auto& [a, len] : own) ::munmap(a, len);
+        for (auto& z : zombies) release_zombie(z);
+    }
 
 private:
     /// Xen's per-ref checks (grant_table.c map_grant_ref / gnttab_copy).

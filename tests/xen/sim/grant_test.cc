@@ -450,6 +450,41 @@ TEST_F(BatchFixture, DestroyedDomainStaysZombieUntilLastEntryIsReleased) {
     EXPECT_TRUE(hv->zombies().empty());
 }
 
+TEST_F(BatchFixture, ReleaseMappingsIsOneUnmapCallForAllEntries) {
+    ASSERT_TRUE(mapper->map_batch(domid, refs, entries));
+    g->revoke(ro[1]);  // mapped: freed with its last mapping
+    GrantMapping* maps[] = {&entries[0].map, nullptr, &entries[1].map, &entries[1].map2, &entries[2].map};
+    release_mappings(maps);
+    for (auto& e : entries) EXPECT_FALSE(e.map.valid());
+    const auto s = mapper->stats();
+    EXPECT_EQ(s.unmap_calls, 1u);
+    EXPECT_EQ(s.pages_unmapped, 6u);
+    EXPECT_EQ(mapper->pages_in_use(), 0u);
+    EXPECT_EQ(hv->stats().grant_unmap_calls, 1u);
+    EXPECT_EQ(hv->resources().mapped_grant_pages, 0u);
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(g->end_access(rw[i])) << i;  // no map count left behind
+    EXPECT_TRUE(g->end_access(ro[0]));
+    // The revoked ref is gone entirely now.
+    GrantRef gone[] = {ro[1]};
+    EXPECT_FALSE(mapper->map(domid, gone, false));
+    // Released mappings are not released again.
+    release_mappings(maps);
+    EXPECT_EQ(mapper->stats().unmap_calls, 1u);
+}
+
+TEST_F(BatchFixture, ReleaseMappingsOfADestroyedDomainReleasesTheZombie) {
+    ASSERT_TRUE(mapper->map_batch(domid, refs, entries));
+    ASSERT_TRUE(hv->destroy_domain(domid));
+    GrantMapping* first[] = {&entries[0].map, &entries[1].map};
+    release_mappings(first);
+    EXPECT_EQ(hv->zombies(), std::vector<DomId>{domid});
+    EXPECT_EQ(entries[2].rw_addr[5], std::byte{0x22});  // memory alive while mapped
+    GrantMapping* last[] = {&entries[2].map};
+    release_mappings(last);
+    EXPECT_TRUE(hv->zombies().empty());
+    EXPECT_EQ(mapper->stats().unmap_calls, 2u);
+}
+
 struct ProtectedBatchFixture : BatchFixture {
     ProtectedBatchFixture() { protect_pages_ = true; }
 };
@@ -461,7 +496,9 @@ TEST_F(ProtectedBatchFixture, MapBatchWithPageProtectionMapsExactFrames) {
         EXPECT_EQ(entries[i].ro_addr[5], std::byte(0x10 + i));
         EXPECT_EQ(entries[i].rw_addr[5], std::byte(0x20 + i));
     }
-    for (auto& e : entries) e.map.reset();
+    GrantMapping* maps[] = {&entries[0].map, &entries[1].map, &entries[2].map};
+    release_mappings(maps);  // their own mmaps go too
+    EXPECT_EQ(mapper->stats().unmap_calls, 1u);
     EXPECT_EQ(mapper->pages_in_use(), 0u);
     EXPECT_TRUE(g->end_access(ro[0]));
 }

@@ -49,6 +49,7 @@ public:
     std::span<std::byte> bytes() const noexcept { return {addr_, size()}; }
 
 private:
+    friend void release_mappings(std::span<GrantMapping* const> maps) noexcept;
     GrantMapper* owner_ = nullptr;
     std::byte* addr_ = nullptr;
     std::uint32_t pages_ = 0;
@@ -121,8 +122,21 @@ public:
     /// Pages currently mapped through this handle.
     virtual std::uint64_t pages_in_use() const = 0;
 
+    /// One mapping to release, as GrantMapping hands it back.
+    struct Unmap {
+        std::byte* addr;
+        std::uint32_t pages;
+        std::uint64_t cookie;
+    };
+
 protected:
     friend class GrantMapping;
+    friend void release_mappings(std::span<GrantMapping* const> maps) noexcept;
+    /// Releases several mappings of this mapper in ONE unmap call (counted
+    /// once). The default releases them one by one (one call each).
+    virtual void unmap_batch(std::span<const Unmap> maps) noexcept {
+        for (const Unmap& m : maps) unmap_cookie(m.addr, m.pages, m.cookie);
+    }
     /// Releases a mapping made by map(); called once per mapping.
     virtual void unmap(std::byte* addr, std::uint32_t pages) noexcept = 0;
     /// Releases a mapping that carries the cookie its mapper gave it; the
@@ -158,6 +172,34 @@ inline Result<void> GrantMapper::map_batch(DomId domid, std::span<const GrantRef
         }
     }
     return ok();
+}
+
+/// Releases every valid mapping in `maps` (null pointers and empty
+/// mappings are skipped), as their reset() would, but with one
+/// GrantMapper::unmap_batch() call per run of mappings of the same mapper
+/// (at most 128 a call). Every mapping is released when this returns.
+inline void release_mappings(std::span<GrantMapping* const> maps) noexcept {
+    constexpr std::size_t kChunk = 128;
+    GrantMapper::Unmap items[kChunk];
+    std::size_t n = 0;
+    GrantMapper* owner = nullptr;
+    auto flush = [&] {
+        if (n) owner->unmap_batch(std::span<const GrantMapper::Unmap>(items, n));
+        n = 0;
+    };
+    for (GrantMapping* m : maps) {
+        if (!m || !m->owner_ || !m->addr_) continue;
+        if (m->owner_ != owner || n == kChunk) {
+            flush();
+            owner = m->owner_;
+        }
+        items[n++] = GrantMapper::Unmap{m->addr_, m->pages_, m->cookie_};
+        m->owner_ = nullptr;
+        m->addr_ = nullptr;
+        m->pages_ = 0;
+        m->cookie_ = 0;
+    }
+    flush();
 }
 
 inline GrantMapping& GrantMapping::operator=(GrantMapping&& o) noexcept {
