@@ -558,6 +558,86 @@ TEST_F(QueueTest, GrantsUnmappedBeforeUsedIdxPublished) {
         for (auto& b : r.bufs) EXPECT_TRUE(h_->guest->end_access(b.ref()));
 }
 
+TEST_F(QueueTest, PushBatchUnmapsAllChainsInOneCallThenPublishesInOrder) {
+    auto d = driver({.size = 128});
+    auto q = queue(*d);
+    const std::uint64_t ring = d->ring_refs();
+    constexpr int kChains = 40;
+    std::vector<Submitted> reqs;
+    for (int i = 0; i < kChains; ++i) {
+        auto r = d->chain().readable(16).writable(4096).writable(1).submit();
+        ASSERT_TRUE(r);
+        reqs.push_back(*r);
+    }
+    std::vector<DescriptorChain> chains;
+    ASSERT_TRUE(q->pop_batch(kChains, chains));
+    ASSERT_EQ(chains.size(), std::size_t(kChains));
+    std::vector<std::uint32_t> lens;
+    for (int i = 0; i < kChains; ++i) lens.push_back(std::uint32_t(i * 100));
+    lens.back() = 1 << 20;  // more than the chain's 4097 writable bytes: clamped
+    // The guest watches the used idx from another thread: once it moved,
+    // no data grant may be mapped any more (all unmapped before the first
+    // used entry is published).
+    std::atomic<bool> stop{false};
+    std::atomic<int> violations{0};
+    std::thread guest([&] {
+        while (!stop.load())
+            if (d->used_idx() != 0 && h_->guest->mapped_refs() > ring) ++violations;
+    });
+    const auto before = gstats();
+    q->push_batch(chains, lens);
+    const auto after = gstats();
+    stop = true;
+    guest.join();
+    EXPECT_EQ(violations.load(), 0);
+    EXPECT_EQ(after.unmap_calls - before.unmap_calls, 1u);  // one call for the 40 chains
+    EXPECT_EQ(after.pages_unmapped - before.pages_unmapped, 3u * kChains);
+    EXPECT_EQ(h_->guest->mapped_refs(), ring);
+    for (auto& c : chains) EXPECT_FALSE(c.valid());
+    EXPECT_EQ(q->stats().completed, std::uint64_t(kChains));
+    for (int i = 0; i < kChains; ++i) {
+        auto u = d->next_used();
+        ASSERT_TRUE(u) << i;
+        EXPECT_EQ(u->id, reqs[i].id);
+        EXPECT_EQ(u->len, i + 1 == kChains ? 4097u : std::uint32_t(i * 100));
+    }
+    EXPECT_FALSE(d->next_used());
+    q->notify_guest();
+    EXPECT_EQ(h_->raised, 1u);
+    for (auto& r : reqs)
+        for (auto& b : r.bufs) EXPECT_TRUE(h_->guest->end_access(b.ref()));
+}
+
+TEST_F(QueueTest, PushBatchSkipsChainsOfAnotherQueueAndMissingLengthsAreZero) {
+    auto d = driver({.size = 16});
+    auto q = queue(*d);
+    auto d2 = driver({.size = 16, .index = 1});
+    auto q2 = queue(*d2);
+    ASSERT_TRUE(d->chain().readable(16).writable(8).submit());
+    ASSERT_TRUE(d->chain().readable(16).writable(8).submit());
+    ASSERT_TRUE(d2->chain().readable(16).writable(8).submit());
+    std::vector<DescriptorChain> chains;
+    ASSERT_TRUE(q->pop_batch(2, chains));
+    ASSERT_TRUE(q2->pop_batch(1, chains));
+    ASSERT_EQ(chains.size(), 3u);
+    const std::uint32_t lens[] = {5};
+    q->push_batch(chains, lens);
+    EXPECT_FALSE(chains[0].valid());
+    EXPECT_FALSE(chains[1].valid());
+    EXPECT_TRUE(chains[2].valid());  // q2's chain is left alone, still mapped
+    EXPECT_EQ(q->stats().completed, 2u);
+    auto u0 = d->next_used();
+    auto u1 = d->next_used();
+    ASSERT_TRUE(u0 && u1);
+    EXPECT_EQ(u0->len, 5u);
+    EXPECT_EQ(u1->len, 0u);
+    EXPECT_FALSE(d2->next_used());
+    q2->complete(std::move(chains[2]), 8);
+    auto u2 = d2->next_used();
+    ASSERT_TRUE(u2);
+    EXPECT_EQ(u2->len, 8u);
+}
+
 // --- notification suppression -------------------------------------------------------
 
 TEST_F(QueueTest, NoInterruptFlagSuppressesNotification) {

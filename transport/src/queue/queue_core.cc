@@ -209,6 +209,24 @@ void QueueCore::push(DescriptorChain&& chain, std::uint32_t written) {
     stats_.bytes_written += written;
 }
 
+void QueueCore::push_batch(std::span<DescriptorChain> chains, std::span<const std::uint32_t> written) {
+    // Up to kStep chains at a time: all their mappings released in one
+    // call, then their used entries written (push() finds them unmapped).
+    constexpr std::size_t kStep = 64;
+    for (std::size_t at = 0; at < chains.size(); at += kStep) {
+        const std::size_t end = std::min(chains.size(), at + kStep);
+        xen::GrantMapping* maps[2 * kStep];
+        std::size_t n = 0;
+        for (std::size_t i = at; i < end; ++i) {
+            if (!owns(chains[i])) continue;
+            maps[n++] = &chains[i].map_;
+            maps[n++] = &chains[i].map2_;
+        }
+        xen::release_mappings(std::span<xen::GrantMapping* const>(maps, n));
+        for (std::size_t i = at; i < end; ++i) push(std::move(chains[i]), i < written.size() ? written[i] : 0);
+    }
+}
+
 void QueueCore::abandon(DescriptorChain&& chain) noexcept {
     // Only read the id and clear the chain: moving from it would create a
     // second live chain whose destructor would come back here.

@@ -101,6 +101,7 @@ public:
     Result<std::optional<DescriptorChain>> pop() override;
     Result<std::size_t> pop_batch(std::size_t max, std::vector<DescriptorChain>& out) override;
     void push(DescriptorChain&& chain, std::uint32_t written) override;
+    void push_batch(std::span<DescriptorChain> chains, std::span<const std::uint32_t> written) override;
 
 protected:
     void abandon(DescriptorChain&& chain) noexcept override;

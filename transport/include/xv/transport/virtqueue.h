@@ -309,6 +309,16 @@ public:
     /// Does not notify the guest.
     virtual void push(DescriptorChain&& chain, std::uint32_t written) = 0;
 
+    /// push() for each chain in order, chains[i] with written[i] bytes (0
+    /// when `written` is shorter), but every chain's grant mappings are
+    /// released before the first of their used entries is published, in
+    /// one unmap call for several chains where the grant device allows.
+    /// Chains not of this queue are skipped as by push(). Does not notify.
+    virtual void push_batch(std::span<DescriptorChain> chains, std::span<const std::uint32_t> written) {
+        for (std::size_t i = 0; i < chains.size(); ++i)
+            push(std::move(chains[i]), i < written.size() ? written[i] : 0);
+    }
+
     /// Notifies the guest if the driver asked for it (EVENT_IDX / flags).
     virtual void notify_guest() = 0;
 
