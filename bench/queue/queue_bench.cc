@@ -6,7 +6,9 @@
 // iteration: the driver builds B requests (header, three descriptors, avail
 // entry each) and makes them available with one idx store, the device pops them (validate + one grant map call for all B chains), reads
 // the header, writes the status, completes them (one unmap per chain, then
-// its used entry) and notifies once; the driver reaps the used ring.
+// its used entry; queue-map-pushb: one push_batch(), one unmap call for all
+// B chains, then their used entries) and notifies once; the driver reaps
+// the used ring.
 //
 // Baseline, same run and ring layout: a bare ring round trip that trusts
 // the ring (no validation, no grants: buffer addresses translated through
@@ -189,7 +191,10 @@ void record(benchmark::State& state, const std::string& name, double secs, std::
 
 /// The queue under test: validation, grants, used ring, notification.
 /// `null_grants`: through NullGrants instead of the simulated grant device.
-void run_queue(benchmark::State& state, std::uint32_t copy_readable_max, bool null_grants, const char* name) {
+/// `batch_push`: the chains go back with one push_batch() (one unmap call
+/// for all of them) instead of one push() each.
+void run_queue(benchmark::State& state, std::uint32_t copy_readable_max, bool null_grants, const char* name,
+               bool batch_push = false) {
     const std::size_t batch = std::size_t(state.range(0));
     Setup s(batch);
     auto cfg = s.drv->config();
@@ -220,6 +225,7 @@ void run_queue(benchmark::State& state, std::uint32_t copy_readable_max, bool nu
     auto q = must(transport::create_virtqueue(cfg, *mem, s.h->strand, [] {}, [](const Error&) {}), "create the queue");
     std::vector<transport::DescriptorChain> chains;
     chains.reserve(batch);
+    const std::vector<std::uint32_t> lens(batch, 4097);
     std::uint64_t reqs = 0;
     const auto g0 = grants->stats();
     const double t0 = thread_cpu_seconds();
@@ -239,8 +245,9 @@ void run_queue(benchmark::State& state, std::uint32_t copy_readable_max, bool nu
             auto w = c.writer();
             w.skip(4096);
             w.write_obj(std::uint8_t(0));
-            q->push(std::move(c), 4097);
+            if (!batch_push) q->push(std::move(c), 4097);
         }
+        if (batch_push) q->push_batch(chains, lens);
         q->notify_guest();
         reqs += s.reap();
     }
@@ -249,6 +256,7 @@ void run_queue(benchmark::State& state, std::uint32_t copy_readable_max, bool nu
 }
 
 void BM_QueueMap(benchmark::State& state) { run_queue(state, 0, false, "queue-map"); }
+void BM_QueueMapPushBatch(benchmark::State& state) { run_queue(state, 0, false, "queue-map-pushb", true); }
 void BM_QueueCopyHeader(benchmark::State& state) { run_queue(state, 64, false, "queue-copyhdr"); }
 void BM_QueueMapNullGrants(benchmark::State& state) { run_queue(state, 0, true, "queue-map-null"); }
 void BM_QueueCopyHeaderNullGrants(benchmark::State& state) { run_queue(state, 64, true, "queue-copyhdr-null"); }
@@ -316,6 +324,7 @@ void BM_BareRing(benchmark::State& state) {
 
 BENCHMARK(BM_BareRing)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
 BENCHMARK(BM_QueueMap)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
+BENCHMARK(BM_QueueMapPushBatch)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
 BENCHMARK(BM_QueueCopyHeader)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
 BENCHMARK(BM_QueueMapNullGrants)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
 BENCHMARK(BM_QueueCopyHeaderNullGrants)->Arg(1)->Arg(8)->Arg(32)->Arg(128)->ArgName("batch");
@@ -332,7 +341,8 @@ int main(int argc, char** argv) {
                 "sim grants without page protection; *-null: a grant device that costs nothing)\n");
     std::printf("%-19s %6s %14s %10s %8s %8s %8s\n", "variant", "batch", "requests/s", "vs bare", "map/req",
                 "unmap/req", "copy/req");
-    for (const char* v : {"bare-ring", "queue-map", "queue-copyhdr", "queue-map-null", "queue-copyhdr-null"}) {
+    for (const char* v :
+         {"bare-ring", "queue-map", "queue-map-pushb", "queue-copyhdr", "queue-map-null", "queue-copyhdr-null"}) {
         for (int b : {1, 8, 32, 128}) {
             auto it = g_figures.find(std::string(v) + "/" + std::to_string(b));
             if (it == g_figures.end()) continue;
