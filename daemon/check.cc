@@ -95,6 +95,20 @@ std::vector<GuestFacts> guests_from_announced(const std::vector<AnnouncedDevice>
     return out;
 }
 
+void add_configured_pci_devices(GuestFacts& guest, xen::DomId domid, const Config& config) {
+    for (const DeviceEntry* e : config.devices_of(domid, guest.name)) {
+        if (e->transport != Transport::Pci) continue;
+        DeviceFacts d;
+        d.type = e->type;
+        d.index = e->index;
+        d.transport = Transport::Pci;
+        d.grant_usage = e->grants;
+        d.nonblocking = e->nonblocking;
+        d.key = "config/" + e->name();
+        guest.devices.push_back(std::move(d));
+    }
+}
+
 CheckReport run_check(const Config& config, const std::string& config_path, xen::Hypervisor* hv) {
     CheckReport r;
     r.config_path = config_path;
@@ -110,18 +124,7 @@ CheckReport run_check(const Config& config, const std::string& config_path, xen:
             // never announces) are added here, as the daemon's start does
             // (GuestManager::guest_facts), so `check` and `serve` decide alike.
             for (GuestFacts& g : r.guests) {
-                if (!g.domid) continue;
-                for (const DeviceEntry* e : config.devices_of(*g.domid, g.name)) {
-                    if (e->transport != Transport::Pci) continue;
-                    DeviceFacts d;
-                    d.type = e->type;
-                    d.index = e->index;
-                    d.transport = Transport::Pci;
-                    d.grant_usage = e->grants;
-                    d.nonblocking = e->nonblocking;
-                    d.key = "config/" + e->name();
-                    g.devices.push_back(std::move(d));
-                }
+                if (g.domid) add_configured_pci_devices(g, *g.domid, config);
             }
         } else {
             r.xs_errors.emplace_back("xenstore", xs.error().describe());

@@ -54,6 +54,11 @@ HostFacts host_facts(xen::Hypervisor* hv);
 std::vector<GuestFacts> guests_from_announced(const std::vector<AnnouncedDevice>& devices, const Config& config,
                                               xen::XenStore* xs);
 
+/// Adds the guest's configured virtio-pci devices (xenstore never announces
+/// them; the daemon's own PCI host serves them) to its facts, so that the
+/// policy sees them in `check` and at the daemon's start alike.
+void add_configured_pci_devices(GuestFacts& guest, xen::DomId domid, const Config& config);
+
 /// Gathers facts and evaluates the policy. Never fails: what cannot be
 /// learned is reported as unknown.
 CheckReport run_check(const Config& config, const std::string& config_path, xen::Hypervisor* hv);

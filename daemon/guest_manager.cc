@@ -341,17 +341,7 @@ std::vector<GuestFacts> GuestManager::guest_facts(xen::DomId domid, const std::v
         facts.push_back(std::move(f));
     }
     // Configured virtio-pci devices (not in xenstore) count for the policy too.
-    for (const DeviceEntry* e : config_.devices_of(domid, facts.front().name)) {
-        if (e->transport != Transport::Pci) continue;
-        DeviceFacts d;
-        d.type = e->type;
-        d.index = e->index;
-        d.transport = Transport::Pci;
-        d.grant_usage = e->grants;
-        d.nonblocking = e->nonblocking;
-        d.key = "config/" + e->name();
-        facts.front().devices.push_back(std::move(d));
-    }
+    add_configured_pci_devices(facts.front(), domid, config_);
     return facts;
 }
 

@@ -133,22 +133,26 @@ public:
         return *entries_[id].exit;
     }
 
+    /// Takes the running worker of `domid` out of the table (null if none).
+    std::pair<int, std::unique_ptr<InProcessWorker>> take_worker(xen::DomId domid) {
+        std::lock_guard lk(mu_);
+        int id = -1;
+        for (auto& [i, e] : entries_)
+            if (e.domid == domid && !e.exit && workers_.count(i)) id = i;
+        if (id < 0) return {-1, nullptr};
+        auto w = std::move(workers_[id]);
+        workers_.erase(id);
+        return {id, std::move(w)};
+    }
+
     /// Stops the worker of `domid` abruptly: it serves nothing more and
     /// answers no xenstore state, and reports a crash. The simulator
     /// cannot close a dead process's handles as the kernel does; the dead
     /// worker's handles are released by running its teardown on its own
     /// executor after it stopped serving.
     bool crash(xen::DomId domid, int sig = SIGSEGV) {
-        std::unique_ptr<InProcessWorker> w;
-        int id = -1;
-        {
-            std::lock_guard lk(mu_);
-            for (auto& [i, e] : entries_)
-                if (e.domid == domid && !e.exit && workers_.count(i)) id = i;
-            if (id < 0) return false;
-            w = std::move(workers_[id]);
-            workers_.erase(id);
-        }
+        auto [id, w] = take_worker(domid);
+        if (!w) return false;
         w->guard.reset();
         w->io.stop();
         if (w->thread.joinable()) w->thread.join();
@@ -166,16 +170,8 @@ public:
     /// Kills the worker of `domid` (a crash by `sig`): no orderly stop, its
     /// handles closed as the kernel closes a dead process's (halt()).
     bool kill(xen::DomId domid, int sig = SIGSEGV) {
-        std::unique_ptr<InProcessWorker> w;
-        int id = -1;
-        {
-            std::lock_guard lk(mu_);
-            for (auto& [i, e] : entries_)
-                if (e.domid == domid && !e.exit && workers_.count(i)) id = i;
-            if (id < 0) return false;
-            w = std::move(workers_[id]);
-            workers_.erase(id);
-        }
+        auto [id, w] = take_worker(domid);
+        if (!w) return false;
         w->halt();
         w.reset();
         std::lock_guard lk(mu_);
