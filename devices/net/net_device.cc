@@ -556,13 +556,15 @@ void Session::rx_deliver(Pair& p, const std::vector<iovec>& iov, std::size_t n, 
         ++used;
     }
     set_num_buffers(p.held.front(), used);
+    // Counted before the used entries are published (a guest that sees the
+    // frame also sees it in the statistics).
+    if (used > 1) core_->n.rx_merged++;
+    core_->n.rx_frames++;
+    core_->n.rx_bytes += n - hdr_len_;
     for (auto len : lens) {
         p.rxq->push(std::move(p.held.front()), len);
         p.held.pop_front();
     }
-    if (used > 1) core_->n.rx_merged++;
-    core_->n.rx_frames++;
-    core_->n.rx_bytes += n - hdr_len_;
     pushed = true;
 }
 
@@ -599,7 +601,6 @@ void Session::tx_pump(Pair& p) {
     bool pushed = false;
     unsigned budget = 0;
     std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
-    std::uint64_t frames = 0, bytes = 0;
     bool more = true;
     while (more && budget < kTxBudget) {
         if (p.tx_next == p.tx_batch.size()) {
@@ -674,8 +675,10 @@ void Session::tx_pump(Pair& p) {
             XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} {}: {} (frame of {} bytes dropped)", qname(p.txq),
                            core_->tap.name(), net_error_name(NetError::TapRejected), std::strerror(errno), frame_len);
         } else {
-            ++frames;
-            bytes += frame_len;
+            // Counted before the used entry is published, so that a guest
+            // that sees the buffer used also sees it in the statistics.
+            core_->n.tx_frames.fetch_add(1, std::memory_order_relaxed);
+            core_->n.tx_bytes.fetch_add(frame_len, std::memory_order_relaxed);
         }
         // §5.1.6.2: tx buffers are device-readable only: used length 0.
         p.txq->push(std::move(c), 0);
@@ -683,8 +686,6 @@ void Session::tx_pump(Pair& p) {
         ++budget;
         pushed = true;
     }
-    core_->n.tx_frames += frames;
-    core_->n.tx_bytes += bytes;
     if (budget >= kTxBudget && !p.tx_waiting) post_pump(p, Dir::Tx);
     if (pushed) p.txq->notify_guest();
 }
