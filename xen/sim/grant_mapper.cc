@@ -194,14 +194,7 @@ protected:
                 } else {
                     rec.dom.reset();  // cur keeps the guest
                 }
-                for (GrantRef r : rec.refs) unref_locked(*locked, r);
-                locked->mapped_pages -= rec.refs.size();
-                pages += rec.refs.size();
-                rec.refs.clear();  // keeps its capacity for the slot's next map
-                for (int p = 0; p < 2; ++p)
-                    if (rec.own[p]) own.emplace_back(rec.own[p], std::size_t(rec.own_pages[p]) * kPageSize);
-                rec.live = false;
-                free_.push_back(std::uint32_t(slot));
+                pages += free_slot_locked(slot, *locked, [&](std::byte* a, std::size_t len) { own.emplace_back(a, len); });
                 any = true;
             }
             end_run();
@@ -474,37 +467,48 @@ private:
         if (e.revoked && e.map_count == 0) e = GrantEntry{};
     }
 
+    /// Frees the live slot `slot` (mu_ and its guest's grant_mu held): the
+    /// map counts of its refs and the guest's mapped pages, the slot itself
+    /// (its refs keep their capacity for the slot's next map). Returns its
+    /// pages; its own mmaps go to on_own(addr, len), to be unmapped after
+    /// the locks. The slot's guest reference is the caller's to take.
+    template <class OnOwn>
+    std::size_t free_slot_locked(std::size_t slot, Domain& d, OnOwn&& on_own) {
+        MapRecord& rec = slots_[slot];
+        const std::size_t pages = rec.refs.size();
+        for (GrantRef r : rec.refs) unref_locked(d, r);
+        d.mapped_pages -= pages;
+        rec.refs.clear();
+        for (int p = 0; p < 2; ++p)
+            if (rec.own[p]) on_own(rec.own[p], std::size_t(rec.own_pages[p]) * kPageSize);
+        rec.live = false;
+        free_.push_back(std::uint32_t(slot));
+        return pages;
+    }
+
     void release(std::uint64_t cookie, bool count_call) noexcept {
         std::shared_ptr<Domain> dom;
-        std::byte* own[2];
-        std::uint32_t own_pages[2];
+        std::pair<std::byte*, std::size_t> own[2]{};
+        int n_own = 0;
         std::size_t pages;
         bool released;
         {
             std::lock_guard lk(mu_);
             const std::size_t slot = cookie - 1;
             if (slot >= slots_.size() || !slots_[slot].live) return;
-            MapRecord& rec = slots_[slot];
-            dom = std::move(rec.dom);
-            pages = rec.refs.size();
+            dom = std::move(slots_[slot].dom);
             {
                 std::lock_guard g(dom->grant_mu);
-                for (GrantRef r : rec.refs) unref_locked(*dom, r);
-                dom->mapped_pages -= pages;
+                pages = free_slot_locked(slot, *dom, [&](std::byte* a, std::size_t len) { own[n_own++] = {a, len}; });
                 // The last unmap of a destroyed domain's grants releases the zombie.
                 released = dom->dying && dom->mapped_pages == 0;
             }
-            rec.refs.clear();  // keeps its capacity for the slot's next map
-            for (int p = 0; p < 2; ++p) own[p] = rec.own[p], own_pages[p] = rec.own_pages[p];
-            rec.live = false;
-            free_.push_back(std::uint32_t(slot));
             stats_.pages_unmapped += pages;
             if (count_call) ++stats_.unmap_calls;
         }
         if (count_call) core_->stats.grant_unmap_calls.fetch_add(1, std::memory_order_relaxed);
         core_->res.mapped_grant_pages.fetch_sub(pages, std::memory_order_relaxed);
-        for (int p = 0; p < 2; ++p)
-            if (own[p]) ::munmap(own[p], std::size_t(own_pages[p]) * kPageSize);
+        for (int i = 0; i < n_own; ++i) ::munmap(own[i].first, own[i].second);
         if (released) release_zombie(dom);
     }
 
