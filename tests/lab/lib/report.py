@@ -31,6 +31,19 @@ def main():
         print('Timings (inside QEMU, seconds since QEMU start)')
         for e in events:
             print(f'  {e["event"]:<30} {float(e["seconds"]):>8.1f}')
+    # Each test group's duration: from its mark to the next group's (or done).
+    groups = []
+    marks = [(e['event'], float(e['seconds'])) for e in events]
+    for i, (name, t) in enumerate(marks):
+        if not name.startswith('group:'):
+            continue
+        end = next((u for n, u in marks[i + 1:] if n.startswith('group:') or n == 'done'), None)
+        if end is not None:
+            groups.append((name[len('group:'):], end - t))
+    if groups:
+        print('Timings (test groups)')
+        for g, d in groups:
+            print(f'  {g:<30} {d:>8.1f}')
     if figures:
         print('Figures')
         for f in figures:
@@ -42,6 +55,7 @@ def main():
         'results': results,
         'stages': {s['stage']: {'seconds': float(s['seconds']), 'state': s['state']} for s in stages},
         'events': {e['event']: float(e['seconds']) for e in events},
+        'groups': {g: round(d, 1) for g, d in groups},
         'figures': {f['name']: f['value'] for f in figures},
         'summary': {'passed': counts['PASS'], 'failed': counts['FAIL'], 'skipped': counts['SKIP']},
     }
