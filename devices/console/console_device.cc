@@ -75,6 +75,9 @@ struct Host : std::enable_shared_from_this<Host> {
 
     std::optional<asio::posix::stream_descriptor> io;  ///< pty master or socket client
     bool is_client = false;
+    /// The client stopped taking output (a write failed): it stays attached
+    /// until its input is read to end of file, its output waits for the next.
+    bool out_dead = false;
     std::uint64_t gen = 0;  ///< bumped when `io` changes
     bool read_armed = false, write_armed = false;
 
@@ -380,7 +383,7 @@ void Host::append(std::string_view d) {
 }
 
 void Host::flush() {
-    if (!io || write_armed) return;
+    if (!io || write_armed || out_dead) return;
     while (out_head < out.size()) {
         const char* p = out.data() + out_head;
         std::size_t len = out.size() - out_head;
@@ -403,7 +406,18 @@ void Host::flush() {
             });
             return;
         }
-        if (is_client) drop_client("write failed");
+        if (is_client) {
+            const int err = errno;
+            // virtio 1.2 §5.3: host input goes to the guest in order. A client
+            // whose write side failed (it left while the guest writes) may
+            // still have sent input the device has not read yet: keep reading
+            // it to end of file (paced by the guest's receive buffers) before
+            // the client is dropped. Its output stays for the next client.
+            out_dead = true;
+            spdlog::info("{}: console client {} stopped taking output ({}); reading its input to the end",
+                         id.label(), sock_path, std::strerror(err));
+            arm_read();
+        }
         return;
     }
     out.clear();
@@ -507,6 +521,7 @@ void Host::drop_client(const char* why) {
     if (io) io->close(ec);
     io.reset();
     is_client = false;
+    out_dead = false;
     read_armed = write_armed = false;
     ++gen;
 }
@@ -530,6 +545,7 @@ void Host::accept_next() {
                     ++self->gen;
                     self->io.emplace(self->strand, fd);
                     self->is_client = true;
+                    self->out_dead = false;
                     self->read_armed = self->write_armed = false;
                     self->n.attaches++;
                     spdlog::info("{}: console client attached on {}", self->id.label(), self->sock_path);

@@ -278,6 +278,39 @@ TEST_F(ConsoleTest, SocketReplaysDetachedOutputOnAttachAndCarriesInput) {
     ::close(cl);
 }
 
+TEST_F(ConsoleTest, ClientLeavingWhileGuestWritesLosesNoInput) {
+    // virtio 1.2 §5.3: all host input reaches the guest, in order. A client
+    // sends more than the device reads at once, then leaves while the guest
+    // has no receive buffers; the guest writes (the send to the gone client
+    // fails) and only then posts buffers: all of the input must arrive.
+    ConsoleConfig c;
+    c.backend = ConsoleConfig::Backend::Socket;
+    c.socket_path = (dir / "c.sock").string();
+    start(c, 1ULL << cf::kEmergWrite);
+    int cl = connect_client();
+    ASSERT_GE(cl, 0);
+    for (int i = 0; i < 100 && !dev->attached(); ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_TRUE(dev->attached());
+    std::string input;
+    for (int i = 0; i < 3 * 4096 + 123; ++i) input += char('A' + i % 23);
+    ASSERT_EQ(::write(cl, input.data(), input.size()), ssize_t(input.size()));
+    std::this_thread::sleep_for(100ms);  // the device reads its first chunk
+    ::close(cl);
+    guest_write("bye\n");
+    std::this_thread::sleep_for(100ms);  // the host side tries to send it
+    auto bufs = post_rx(60, 256);
+    EXPECT_EQ(collect_rx(bufs, input.size()), input);
+    EXPECT_EQ(dev->stats().in_bytes, input.size());
+    // Input read to its end, the client is dropped; its output waits for
+    // the next client.
+    for (int i = 0; i < 300 && dev->attached(); ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_FALSE(dev->attached());
+    cl = connect_client();
+    ASSERT_GE(cl, 0);
+    EXPECT_EQ(read_fd(cl, 4), "bye\n");
+    ::close(cl);
+}
+
 TEST_F(ConsoleTest, DetachedBufferDropsOldestButLogKeepsAll) {
     ConsoleConfig c;
     c.backend = ConsoleConfig::Backend::Socket;
