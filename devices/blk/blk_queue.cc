@@ -72,9 +72,25 @@ Result<void> QueueWorker::init() {
     r = io_uring_register_eventfd(&ring_, efd);
     if (r < 0) return errno_error(-r, name + ": io_uring_register_eventfd");
 
+    // The backing's descriptors as fixed files: the kernel then skips the
+    // per-operation file lookup. Without it (old kernel, RLIMIT_NOFILE)
+    // the plain descriptors are used.
+    const Backing& b = *shared_->backing;
+    int fds[2];
+    unsigned nfds = 0;
+    fds[nfds++] = b.fd();
+    if (b.direct_fd() >= 0) fds[nfds++] = b.direct_fd();
+    if (io_uring_register_files(&ring_, fds, nfds) == 0) {
+        fixed_fd_ = 0;
+        if (nfds == 2) fixed_direct_fd_ = 1;
+    }
+
     // One slot per chain the device may own: never more than the ring can
     // hold nor the queue can have outstanding.
     const std::size_t n = std::max<std::size_t>(1, std::min<std::size_t>(p.sq_entries, vq_->size()));
+    popped_.reserve(n);
+    done_.reserve(n);
+    done_len_.reserve(n);
     slots_.resize(n);
     free_.reserve(n);
     for (std::size_t i = n; i-- > 0;) {
@@ -133,7 +149,9 @@ void QueueWorker::run() {
     for (unsigned round = 0;; ++round) {
         pump();
         submit();
-        if (!reap()) break;
+        const bool reaped = reap();
+        flush_done();
+        if (!reaped) break;
         if (round + 1 == kRoundBudget) {
             budget_spent = true;
             break;
@@ -185,20 +203,35 @@ io_uring_sqe* QueueWorker::get_sqe() {
 }
 
 void QueueWorker::pump() {
+    // Leave room for the largest request (one SQE per discard segment).
+    const std::uint32_t need =
+        std::max<std::uint32_t>(1, std::max(shared_->limits.max_discard_seg, shared_->limits.max_write_zeroes_seg));
     while (!stopping_ && vq_ && !free_.empty()) {
-        // Leave room for the largest request (one SQE per discard segment).
-        const std::uint32_t need = std::max<std::uint32_t>(
-            1, std::max(shared_->limits.max_discard_seg, shared_->limits.max_write_zeroes_seg));
-        if (io_uring_sq_space_left(&ring_) < need) io_uring_submit(&ring_);
-        auto r = vq_->pop();
+        // As many chains as there are free slots, mapped in one grant call.
+        popped_.clear();
+        auto r = vq_->pop_batch(free_.size(), popped_);
         if (!r) {
             // The queue called fatal(): the transport sets DEVICE_NEEDS_RESET.
             XV_LOG_LIMITED(rl_, spdlog::level::err, "{}: queue broken: {}", vq_->name(), r.error().describe());
             return;
         }
-        if (!r->has_value()) return;
-        start(std::move(**r));
+        if (*r == 0) return;
+        for (auto& c : popped_) {
+            if (io_uring_sq_space_left(&ring_) < need) io_uring_submit(&ring_);
+            start(std::move(c));
+        }
+        popped_.clear();
     }
+}
+
+void QueueWorker::flush_done() {
+    if (done_.empty() || !vq_) return;
+    // virtio 1.2 §2.7.8: used entries in completion order; every chain's
+    // grants are released before its used entry is published.
+    vq_->push_batch(done_, done_len_);
+    done_.clear();
+    done_len_.clear();
+    need_notify_ = true;
 }
 
 void QueueWorker::start(transport::DescriptorChain&& chain) {
@@ -223,8 +256,8 @@ void QueueWorker::start(transport::DescriptorChain&& chain) {
         XV_LOG_LIMITED(rl_, spdlog::level::warn, "{}: request without a device-writable status byte; returned with len 0",
                        vq_->name());
         shared_->stats->dropped_chains.fetch_add(1, std::memory_order_relaxed);
-        vq_->push(std::move(s.chain), 0);
-        need_notify_ = true;
+        done_.push_back(std::move(s.chain));
+        done_len_.push_back(0);
         s.in_use = false;
         free_.push_back(idx);
         owned_.fetch_sub(1, std::memory_order_relaxed);
@@ -296,12 +329,26 @@ void QueueWorker::submit_rw(std::uint16_t idx) {
         return op_done(idx);
     }
     const Backing& b = *shared_->backing;
-    const int fd = s.direct ? b.direct_fd() : b.fd();
+    const int fixed = s.direct ? fixed_direct_fd_ : fixed_fd_;
+    const int fd = fixed >= 0 ? fixed : s.direct ? b.direct_fd() : b.fd();
     const unsigned n = unsigned(s.iov.size() - s.iov_first);
-    if (s.req.type == blk::req::kIn)
-        io_uring_prep_readv(sqe, fd, s.iov.data() + s.iov_first, n, s.offset);
-    else
-        io_uring_prep_writev2(sqe, fd, s.iov.data() + s.iov_first, n, s.offset, writethrough() ? RWF_DSYNC : 0);
+    const iovec* v = s.iov.data() + s.iov_first;
+    const int flags = s.req.type == blk::req::kIn ? 0 : writethrough() ? RWF_DSYNC : 0;
+    // One segment (a page-sized request, or a large one in one mapping):
+    // plain READ/WRITE, the kernel copies no iovec array.
+    if (s.req.type == blk::req::kIn) {
+        if (n == 1)
+            io_uring_prep_read(sqe, fd, v->iov_base, unsigned(v->iov_len), s.offset);
+        else
+            io_uring_prep_readv(sqe, fd, v, n, s.offset);
+    } else {
+        if (n == 1)
+            io_uring_prep_write(sqe, fd, v->iov_base, unsigned(v->iov_len), s.offset);
+        else
+            io_uring_prep_writev(sqe, fd, v, n, s.offset);
+        sqe->rw_flags = flags;
+    }
+    if (fixed >= 0) sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, pack(std::uint8_t(Op::Rw), idx));
     ++s.pending;
 }
@@ -483,8 +530,8 @@ void QueueWorker::finish(std::uint16_t idx) {
         log_error(s);
     }
     *s.req.status = std::byte{virtio_status(s.err)};
-    vq_->push(std::move(s.chain), used);
-    need_notify_ = true;
+    done_.push_back(std::move(s.chain));
+    done_len_.push_back(used);
     s.in_use = false;
     s.ranges.clear();
     free_.push_back(idx);
@@ -515,6 +562,7 @@ void QueueWorker::log_error(const Slot& s) const {
 void QueueWorker::maybe_stopped() {
     if (!stopping_ || stopped_ || in_kernel_ != 0) return;
     stopped_ = true;
+    flush_done();  // completed before the stop: answered as usual
     // Nothing in the kernel points into guest memory any more: drop the
     // chains (each unmaps its grants).
     for (Slot& s : slots_) {

@@ -16,7 +16,12 @@
 //     ^      |  (FLUSH with earlier writes in flight)                |
 //     |      +--> WaitWrites --earlier writes done--> InKernel       |
 //     |      +--> invalid / GET_ID: done at once                     |
-//     +---------- status byte, push(used len), notify ---------------+
+//     +---- status byte, batched push (one unmap call), notify -------+
+//
+// Per run() round: one pop_batch() (one grant map call for all chains
+// popped), one io_uring_submit() for their SQEs, one reap of all ready
+// CQEs, one push_batch() of the chains completed (one grant unmap call),
+// and one guest notification per run().
 //
 // Worker states: Running --quiesce()--> Draining (no pop; cancel what can
 // be cancelled; wait until no op is in the kernel) --> Stopped (chains
@@ -115,6 +120,7 @@ private:
     bool reap();                      // handles ready CQEs; true when any
     void arm();                       // async_wait on the eventfd
     void submit();
+    void flush_done();                // push_batch of the completed chains
 
     io_uring_sqe* get_sqe();
     void submit_rw(std::uint16_t idx);
@@ -145,6 +151,14 @@ private:
     bool stopped_ = false;
     bool cancel_sent_ = false;
     std::vector<std::function<void()>> on_stopped_;
+
+    /// Fixed-file indexes of the backing's descriptors in the ring
+    /// (io_uring_register_files), -1 when not registered.
+    int fixed_fd_ = -1, fixed_direct_fd_ = -1;
+
+    std::vector<transport::DescriptorChain> popped_;  ///< one pop_batch()
+    std::vector<transport::DescriptorChain> done_;    ///< completed, not yet pushed
+    std::vector<std::uint32_t> done_len_;
 
     std::vector<Slot> slots_;
     std::vector<std::uint16_t> free_;
