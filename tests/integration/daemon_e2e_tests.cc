@@ -235,7 +235,17 @@ TEST(DaemonE2E, TwoGuestsAtOnceTheFloodersNeighbourKeepsItsShare) {
                 "flooder %.0f requests/s of %u KiB\n",
                 r->solo_rps, r->flooded_rps, 100 * r->ratio(), 100 * r->worst_round, r->flooder_rps,
                 o.flood_len / 1024);
+    const CpuSplit& c = r->flooded_cpu;
+    if (c.sampled)
+        std::printf("host CPUs, flood on: backend honest %.2f, flooder %.2f; simulated vCPUs honest %.2f, flooder %.2f; "
+                    "other %.2f\n",
+                    c.honest_backend, c.flood_backend, c.honest_vcpus, c.flood_vcpus, c.other);
     EXPECT_TRUE(r->separate_executors) << "the guests share an executor";
+    // Each guest's backend work runs on its own threads: the honest guest's
+    // executor ran during the flood (it was not starved outright).
+    if (c.sampled) {
+        EXPECT_GT(c.honest_backend, 0.0);
+    }
     EXPECT_GT(r->honest_requests, 500u) << "too few honest requests for a ratio";
     EXPECT_GT(r->flooder_requests, 500u) << "the flood did not really run: nothing was measured";
     EXPECT_GE(r->ratio(), kMinShare);
