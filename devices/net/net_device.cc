@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // virtio-net over a tap (virtio 1.2 §5.1): tx/rx data path, control queue.
+#include <liburing.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -100,6 +101,48 @@ namespace {
 constexpr std::size_t kIovMax = 1024;  // UIO_MAXIOV
 constexpr unsigned kTxBudget = 256;
 constexpr unsigned kTxBatch = 64;  // chains popped (and grant-mapped) together
+/// tx_state of a chain of the current batch.
+constexpr std::uint8_t kTxPending = 0;  ///< to be written to the tap
+constexpr std::uint8_t kTxDone = 1;     ///< written, refused or invalid: only its used entry is left
+/// Header + frame up to this size go to the tap through io_uring as one
+/// copied buffer (a plain write: no iovec list for the kernel to import).
+constexpr std::size_t kTxSmall = 256;
+/// Consecutive frames the ring could not write (but writev() could) before
+/// the pair stops using it.
+constexpr unsigned kTxRingGiveUp = 64;
+
+/// A pair's io_uring for tap writes: the frames of a batch go to the tap in
+/// one io_uring_enter() instead of one writev() each.
+struct TxRing {
+    io_uring ring{};
+    bool live = false;     ///< ring set up (io_uring_queue_exit at destruction)
+    bool fixed = false;    ///< the tap fd is registered (IOSQE_FIXED_FILE, index 0)
+    unsigned misses = 0;   ///< consecutive frames the ring could not write
+
+    TxRing() = default;
+    TxRing(const TxRing&) = delete;
+    TxRing& operator=(const TxRing&) = delete;
+    ~TxRing() {
+        if (live) io_uring_queue_exit(&ring);
+    }
+
+    /// A ring of kTxBatch entries for `fd`; null where io_uring is not allowed.
+    static std::unique_ptr<TxRing> open(int fd) {
+        auto r = std::make_unique<TxRing>();
+        io_uring_params prm{};
+        // SUBMIT_ALL: one bad request does not stop the others (Linux 5.18).
+        prm.flags = IORING_SETUP_SUBMIT_ALL;
+        int e = io_uring_queue_init_params(kTxBatch, &r->ring, &prm);
+        if (e == -EINVAL) {
+            prm = {};
+            e = io_uring_queue_init_params(kTxBatch, &r->ring, &prm);
+        }
+        if (e < 0) return nullptr;
+        r->live = true;
+        r->fixed = io_uring_register_files(&r->ring, &fd, 1) == 0;
+        return r;
+    }
+};
 constexpr unsigned kRxBudget = 256;
 constexpr unsigned kRxBatch = 64;  // rx chains popped (and grant-mapped) together
 
@@ -158,6 +201,10 @@ struct Pair {
     std::size_t spill_len = 0, spill_off = 0;
     bool spilling = false;
     std::vector<std::pair<DescriptorChain, std::uint32_t>> partial;  ///< chains of a spilled frame
+    /// Chains used but not yet pushed, and their used lengths (pushed
+    /// together by rx_flush(), before rx_pump returns).
+    std::vector<DescriptorChain> rx_done;
+    std::vector<std::uint32_t> rx_done_len;
 
     // tx side: guarded by tx_mu, runs on the tx queue's strand.
     std::mutex tx_mu;
@@ -171,8 +218,18 @@ struct Pair {
     std::vector<DescriptorChain> tx_batch;
     std::vector<VirtioNetHdr> tx_hdrs;
     std::size_t tx_next = 0;
+    std::size_t tx_done = 0;            ///< first chain of tx_batch not yet pushed (<= tx_next)
     std::vector<iovec> tx_iov;          ///< the writev list, kept between frames
     std::vector<std::byte> tx_bounce;
+    std::vector<std::uint8_t> tx_state;  ///< per chain of tx_batch: kTxPending / kTxDone
+    /// One ring request: chain index in tx_batch, its iovecs in tx_iov.
+    struct TxReq {
+        std::uint32_t chain, iov_at, iov_n;
+    };
+    std::vector<TxReq> tx_reqs;
+    std::vector<std::byte> tx_small;  ///< kTxBatch slots of kTxSmall bytes for small frames
+    std::uint64_t tx_sent_frames = 0, tx_sent_bytes = 0;  ///< counted at the next flush
+    std::unique_ptr<TxRing> tx_ring;  ///< null: one writev() per frame
 };
 
 /// Everything of one activation (activate .. reset).
@@ -203,10 +260,21 @@ private:
                     std::size_t guest_cap, bool& pushed);
     void rx_arm(Pair& p);
     void set_num_buffers(DescriptorChain& c, std::uint16_t n);
+    /// Queues a used rx chain for the next rx_flush().
+    void rx_used(Pair& p, DescriptorChain&& c, std::uint32_t len);
+    void rx_flush(Pair& p);
     // tx
     void tx_pump(Pair& p);
     NetError tx_prepare(DescriptorChain& c, VirtioNetHdr& hdr, std::uint32_t& frame_len);
     void tx_arm(Pair& p);
+    void tx_flush(Pair& p, bool& pushed);
+    /// Writes the pending frames of the batch through the pair's io_uring.
+    void tx_submit(Pair& p);
+    /// Writes frame `i` of the batch with writev(); false when the tap is
+    /// full (then armed).
+    bool tx_write(Pair& p, std::size_t i);
+    /// Counts frame `i` of the batch sent (n >= 0) or refused by the tap.
+    void tx_result(Pair& p, std::size_t i, ssize_t n, int err);
     // ctrl
     void ctrl_pump();
     NetError ctrl_execute(std::uint8_t cls, std::uint8_t cmd, const std::vector<std::byte>& data);
@@ -277,15 +345,23 @@ Result<void> Session::start() {
             p->rxq = rxq;
             p->rxd.emplace(rxq->strand(), d);
             p->spill.resize(hdr_len_ + net_hdr::kMaxFrame);
+            p->rx_done.reserve(2 * kRxBatch);
+            p->rx_done_len.reserve(2 * kRxBatch);
         }
         if (txq) {
             int d = ::dup(fd);
             if (d < 0) return errno_error(errno, core_->id.label() + ": dup tap fd");
             p->txq = txq;
             p->txd.emplace(txq->strand(), d);
-            p->tx_iov.reserve(64);
             p->tx_batch.reserve(kTxBatch);
             p->tx_hdrs.reserve(kTxBatch);
+            p->tx_state.reserve(kTxBatch);
+            p->tx_reqs.reserve(kTxBatch);
+            p->tx_iov.reserve(4 * kTxBatch);
+            p->tx_small.resize(kTxBatch * kTxSmall);
+            p->tx_ring = TxRing::open(p->txd->native_handle());
+            if (!p->tx_ring)
+                spdlog::info("{}: no io_uring for tap writes; one writev() per frame", qname(txq));
         }
         p->enabled = (i == 0);
         pairs_.push_back(std::move(p));
@@ -310,6 +386,8 @@ void Session::stop() {
             p->rx_stopped = true;
             p->held.clear();
             p->partial.clear();
+            p->rx_done.clear();
+            p->rx_done_len.clear();
             p->spilling = false;
             boost::system::error_code ec;
             if (p->rxd) p->rxd->close(ec);
@@ -320,7 +398,9 @@ void Session::stop() {
             p->tx_stopped = true;
             p->tx_batch.clear();
             p->tx_hdrs.clear();
-            p->tx_next = 0;
+            p->tx_state.clear();
+            p->tx_ring.reset();
+            p->tx_next = p->tx_done = 0;
             boost::system::error_code ec;
             if (p->txd) p->txd->close(ec);
             p->txq = nullptr;
@@ -373,6 +453,21 @@ void Session::set_num_buffers(DescriptorChain& c, std::uint16_t n) {
     (void)w.write_obj(std::uint16_t(n));  // little-endian host
 }
 
+void Session::rx_used(Pair& p, DescriptorChain&& c, std::uint32_t len) {
+    p.rx_done.push_back(std::move(c));
+    p.rx_done_len.push_back(len);
+}
+
+void Session::rx_flush(Pair& p) {
+    // One unmap call for the chains used since the last flush, then their
+    // used entries in the order they were used (the chains of a merged
+    // frame stay adjacent, §5.1.6.4). The notification is the caller's.
+    if (p.rx_done.empty()) return;
+    p.rxq->push_batch(p.rx_done, p.rx_done_len);
+    p.rx_done.clear();
+    p.rx_done_len.clear();
+}
+
 bool Session::rx_fill(Pair& p, bool& pushed) {
     std::size_t cap = 0;
     for (auto& c : p.held) cap += c.writable_bytes();
@@ -387,7 +482,7 @@ bool Session::rx_fill(Pair& p, bool& pushed) {
             if (c.writable_bytes() < hdr_len_) {
                 XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} ({} writable bytes), returned empty",
                                qname(p.rxq), net_error_name(NetError::RxBufferTooSmall), c.writable_bytes());
-                p.rxq->push(std::move(c), 0);
+                rx_used(p, std::move(c), 0);
                 pushed = true;
                 continue;
             }
@@ -425,7 +520,7 @@ bool Session::rx_continue_spill(Pair& p, bool& pushed) {
                 return false;  // wait for the next rx kick
             }
             if (c.writable_bytes() < hdr_len_) {
-                p.rxq->push(std::move(c), 0);
+                rx_used(p, std::move(c), 0);
                 pushed = true;
                 continue;
             }
@@ -437,7 +532,7 @@ bool Session::rx_continue_spill(Pair& p, bool& pushed) {
         p.partial.emplace_back(std::move(c), static_cast<std::uint32_t>(k));
     }
     set_num_buffers(p.partial.front().first, static_cast<std::uint16_t>(p.partial.size()));
-    for (auto& [c, len] : p.partial) p.rxq->push(std::move(c), len);
+    for (auto& [c, len] : p.partial) rx_used(p, std::move(c), len);
     p.partial.clear();
     p.spilling = false;
     core_->n.rx_merged++;
@@ -503,9 +598,16 @@ void Session::rx_pump(Pair& p) {
             break;
         }
         rx_deliver(p, iov, static_cast<std::size_t>(n), included, guest_cap, pushed);
+        if (p.rx_done.size() >= kRxBatch) {
+            rx_flush(p);
+            p.rxq->notify_guest();
+        }
     }
     if (budget == kRxBudget) post_pump(p, Dir::Rx);
-    if (pushed) p.rxq->notify_guest();
+    if (pushed) {
+        rx_flush(p);
+        p.rxq->notify_guest();
+    }
 }
 
 void Session::rx_deliver(Pair& p, const std::vector<iovec>& iov, std::size_t n, std::size_t included,
@@ -562,7 +664,7 @@ void Session::rx_deliver(Pair& p, const std::vector<iovec>& iov, std::size_t n, 
     core_->n.rx_frames++;
     core_->n.rx_bytes += n - hdr_len_;
     for (auto len : lens) {
-        p.rxq->push(std::move(p.held.front()), len);
+        rx_used(p, std::move(p.held.front()), len);
         p.held.pop_front();
     }
     pushed = true;
@@ -576,9 +678,15 @@ NetError Session::tx_prepare(DescriptorChain& c, VirtioNetHdr& hdr, std::uint32_
     if (c.readable_bytes() < hdr_len_ + net_hdr::kMinFrame) return NetError::ShortChain;
     frame_len = static_cast<std::uint32_t>(c.readable_bytes() - hdr_len_);
     hdr = {};
-    auto r = c.reader();
     // The header is copied once: the guest cannot change it after validation.
-    if (!r.read(std::as_writable_bytes(std::span<VirtioNetHdr, 1>(&hdr, 1)).first(hdr_len_))) return NetError::ShortChain;
+    auto out = std::as_writable_bytes(std::span<VirtioNetHdr, 1>(&hdr, 1)).first(hdr_len_);
+    const auto segs = c.readable_segments();
+    if (!segs.empty() && segs[0].size() >= hdr_len_) {
+        std::memcpy(out.data(), segs[0].data(), hdr_len_);  // the usual case: one segment holds it
+    } else {
+        auto r = c.reader();
+        if (!r.read(out)) return NetError::ShortChain;
+    }
     return validate_tx_header(hdr, frame_len, ctx_.features);
 }
 
@@ -596,24 +704,177 @@ void Session::tx_arm(Pair& p) {
     });
 }
 
+void Session::tx_flush(Pair& p, bool& pushed) {
+    // The chains written (or dropped) since the last flush, in ring order:
+    // their grant mappings released in one unmap call, then their used
+    // entries written. §5.1.6.2: tx buffers are device-readable only: used
+    // length 0.
+    if (p.tx_done == p.tx_next) return;
+    // Counted before the used entries are published, so that a guest that
+    // sees a buffer used also sees it in the statistics.
+    if (p.tx_sent_frames) {
+        core_->n.tx_frames.fetch_add(p.tx_sent_frames, std::memory_order_relaxed);
+        core_->n.tx_bytes.fetch_add(p.tx_sent_bytes, std::memory_order_relaxed);
+        p.tx_sent_frames = p.tx_sent_bytes = 0;
+    }
+    p.txq->push_batch(std::span<DescriptorChain>(p.tx_batch.data() + p.tx_done, p.tx_next - p.tx_done), {});
+    p.tx_done = p.tx_next;
+    pushed = true;
+}
+
+namespace {
+/// Appends the writev list of one frame: the validated copy of its header,
+/// then the chain's readable segments after the guest's header (zero copy:
+/// the frame goes to the tap straight from the grant pages).
+void frame_iov(std::vector<iovec>& iov, const VirtioNetHdr& hdr, std::size_t hdr_len, const DescriptorChain& c) {
+    iov.push_back({const_cast<VirtioNetHdr*>(&hdr), hdr_len});
+    std::size_t skip = hdr_len;
+    for (auto s : c.readable_segments()) {
+        if (skip >= s.size()) {
+            skip -= s.size();
+            continue;
+        }
+        iov.push_back({const_cast<std::byte*>(s.data()) + skip, s.size() - skip});
+        skip = 0;
+    }
+}
+}  // namespace
+
+void Session::tx_result(Pair& p, std::size_t i, ssize_t n, int err) {
+    const std::size_t frame_len = p.tx_batch[i].readable_bytes() - hdr_len_;
+    if (n >= 0) {
+        // Added to the statistics by tx_flush(), before the used entries
+        // are published.
+        ++p.tx_sent_frames;
+        p.tx_sent_bytes += frame_len;
+    } else {
+        core_->n.tx_dropped++;
+        XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} {}: {} (frame of {} bytes dropped)", qname(p.txq),
+                       core_->tap.name(), net_error_name(NetError::TapRejected), std::strerror(err), frame_len);
+    }
+    p.tx_state[i] = kTxDone;
+}
+
+bool Session::tx_write(Pair& p, std::size_t i) {
+    std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
+    iov.clear();
+    frame_iov(iov, p.tx_hdrs[i], hdr_len_, p.tx_batch[i]);
+    if (iov.size() > kIovMax) {
+        // Too many pieces for one writev: linearise (rare).
+        const std::size_t frame_len = p.tx_batch[i].readable_bytes() - hdr_len_;
+        p.tx_bounce.resize(frame_len);
+        std::size_t o = 0;
+        for (std::size_t k = 1; k < iov.size(); ++k) {
+            std::memcpy(p.tx_bounce.data() + o, iov[k].iov_base, iov[k].iov_len);
+            o += iov[k].iov_len;
+        }
+        iov.resize(1);
+        iov.push_back({p.tx_bounce.data(), frame_len});
+    }
+    for (;;) {
+        ssize_t n = ::writev(p.txd->native_handle(), iov.data(), static_cast<int>(iov.size()));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (p.tx_ring) p.tx_ring->misses = 0;  // the tap is full, not the ring at fault
+            tx_arm(p);  // keep the unsent chains; resend once the tap has room
+            return false;
+        }
+        tx_result(p, i, n, errno);
+        return true;
+    }
+}
+
+void Session::tx_submit(Pair& p) {
+    // The pending frames of the batch from tx_next on, one writev request
+    // each, all submitted in one io_uring_enter(). The tap fd is
+    // O_NONBLOCK: the kernel runs each write inline during the submit (in
+    // ring order) and completes a write that finds the tap full with
+    // -EAGAIN instead of retrying it later, so no request outlives this
+    // call and the grant pages stay mapped until the chains are pushed.
+    TxRing& r = *p.tx_ring;
+    p.tx_iov.clear();
+    p.tx_reqs.clear();
+    for (std::size_t i = p.tx_next; i < p.tx_batch.size() && p.tx_reqs.size() < kTxBatch; ++i) {
+        if (p.tx_state[i] != kTxPending) continue;
+        const DescriptorChain& c = p.tx_batch[i];
+        if (c.readable_segments().size() + 1 > kIovMax) break;  // linearised by tx_write()
+        const std::size_t at = p.tx_iov.size();
+        frame_iov(p.tx_iov, p.tx_hdrs[i], hdr_len_, c);
+        p.tx_reqs.push_back({std::uint32_t(i), std::uint32_t(at), std::uint32_t(p.tx_iov.size() - at)});
+    }
+    // Every iovec list is complete before a request points into tx_iov.
+    std::size_t queued = 0;
+    const int fd = r.fixed ? 0 : p.txd->native_handle();
+    for (const auto& q : p.tx_reqs) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
+        if (!sqe) break;  // cannot happen: kTxBatch entries, and the ring is empty between calls
+        if (p.tx_batch[q.chain].readable_bytes() <= kTxSmall) {
+            // A small frame: header and frame copied into one buffer.
+            std::byte* slot = p.tx_small.data() + queued * kTxSmall;
+            std::size_t o = 0;
+            for (std::uint32_t k = 0; k < q.iov_n; ++k) {
+                const iovec& v = p.tx_iov[q.iov_at + k];
+                std::memcpy(slot + o, v.iov_base, v.iov_len);
+                o += v.iov_len;
+            }
+            io_uring_prep_write(sqe, fd, slot, static_cast<unsigned>(o), 0);
+        } else {
+            io_uring_prep_writev(sqe, fd, p.tx_iov.data() + q.iov_at, q.iov_n, 0);
+        }
+        if (r.fixed) sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data64(sqe, queued);
+        ++queued;
+    }
+    if (queued == 0) return;
+    const int submitted = io_uring_submit_and_wait(&r.ring, static_cast<unsigned>(queued));
+    std::size_t got = 0;
+    const std::size_t expect = submitted > 0 ? static_cast<std::size_t>(submitted) : 0;
+    while (got < expect) {
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_peek_cqe(&r.ring, &cqe) != 0 && io_uring_wait_cqe(&r.ring, &cqe) != 0) break;
+        const std::uint64_t k = io_uring_cqe_get_data64(cqe);
+        const int res = cqe->res;
+        io_uring_cqe_seen(&r.ring, cqe);
+        ++got;
+        if (k >= p.tx_reqs.size()) continue;
+        const std::size_t i = p.tx_reqs[k].chain;
+        if (res == -EAGAIN || res == -EOPNOTSUPP) {
+            // Left pending: tx_write() tries it now and tells a full tap
+            // from a ring that cannot write to it.
+            ++r.misses;
+            continue;
+        }
+        if (res >= 0) r.misses = 0;
+        tx_result(p, i, res >= 0 ? res : -1, -res);
+    }
+    if (submitted < 0 || expect < queued || got < expect || r.misses >= kTxRingGiveUp) {
+        // The chains not completed stay pending for tx_write().
+        spdlog::info("{}: tap writes through io_uring stopped ({}); one writev() per frame from now on", qname(p.txq),
+                     submitted < 0 ? std::strerror(-submitted) : "the ring could not write to the tap");
+        p.tx_ring.reset();
+    }
+}
+
 void Session::tx_pump(Pair& p) {
     if (p.tx_stopped || !p.txq || p.txq->broken() || p.tx_waiting) return;
     bool pushed = false;
     unsigned budget = 0;
-    std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
-    bool more = true;
-    while (more && budget < kTxBudget) {
+    while (budget < kTxBudget && !p.tx_waiting) {
         if (p.tx_next == p.tx_batch.size()) {
-            // Take a batch off the ring: one grant map call for all its
-            // chains; each is validated once, its header copied (the guest
-            // cannot change it after validation).
+            // The batch is done: give it back (one unmap call, one used
+            // publish, one notification check: virtio 1.2 §2.7.10 decides
+            // whether it interrupts), then take the next one off the ring
+            // in one grant map call. Each chain is validated once and its
+            // header copied (the guest cannot change it after validation).
+            tx_flush(p, pushed);
+            if (pushed) p.txq->notify_guest();
+            pushed = false;
             p.tx_batch.clear();
             p.tx_hdrs.clear();
-            p.tx_next = 0;
+            p.tx_state.clear();
+            p.tx_next = p.tx_done = 0;
             if (next_chains(*p.txq, std::min<unsigned>(kTxBatch, kTxBudget - budget), p.tx_batch) != Next::Chain) break;
-            std::size_t keep = 0;
-            for (std::size_t i = 0; i < p.tx_batch.size(); ++i) {
-                DescriptorChain& c = p.tx_batch[i];
+            for (auto& c : p.tx_batch) {
                 VirtioNetHdr hdr{};
                 std::uint32_t frame_len = 0;
                 NetError e = tx_prepare(c, hdr, frame_len);
@@ -623,69 +884,23 @@ void Session::tx_pump(Pair& p) {
                                    "{}: tx frame dropped: {} (len {}, flags {:#x}, gso_type {:#x}, hdr_len {}, csum {}+{})",
                                    qname(p.txq), net_error_name(e), c.readable_bytes(), hdr.flags, hdr.gso_type,
                                    hdr.hdr_len, hdr.csum_start, hdr.csum_offset);
-                    p.txq->push(std::move(c), 0);
-                    pushed = true;
-                    ++budget;
-                    continue;
                 }
                 hdr.num_buffers = 0;
                 p.tx_hdrs.push_back(hdr);
-                if (keep != i) p.tx_batch[keep] = std::move(c);
-                ++keep;
+                // An invalid chain goes back unsent, in ring order with the others.
+                p.tx_state.push_back(e == NetError::None ? kTxPending : kTxDone);
             }
-            p.tx_batch.resize(keep);
             continue;
         }
-        DescriptorChain& c = p.tx_batch[p.tx_next];
-        const std::size_t frame_len = c.readable_bytes() - hdr_len_;
-        iov.clear();
-        iov.push_back({&p.tx_hdrs[p.tx_next], hdr_len_});
-        // The frame: the readable segments after the header, without
-        // allocating per frame.
-        std::size_t skip = hdr_len_;
-        for (auto s : c.readable_segments()) {
-            if (skip >= s.size()) {
-                skip -= s.size();
-                continue;
-            }
-            iov.push_back({const_cast<std::byte*>(s.data()) + skip, s.size() - skip});
-            skip = 0;
-        }
-        if (iov.size() > kIovMax) {
-            // Too many pieces for one writev: linearise (rare).
-            p.tx_bounce.resize(frame_len);
-            std::size_t o = 0;
-            for (std::size_t i = 1; i < iov.size(); ++i) {
-                std::memcpy(p.tx_bounce.data() + o, iov[i].iov_base, iov[i].iov_len);
-                o += iov[i].iov_len;
-            }
-            iov.resize(1);
-            iov.push_back({p.tx_bounce.data(), frame_len});
-        }
-        // Otherwise zero copy: the frame goes to the tap straight from the grant pages.
-        ssize_t n = ::writev(p.txd->native_handle(), iov.data(), static_cast<int>(iov.size()));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                tx_arm(p);  // keep the chains; resend once the tap has room
-                more = false;
-                break;
-            }
-            core_->n.tx_dropped++;
-            XV_LOG_LIMITED(core_->rl, spdlog::level::warn, "{}: {} {}: {} (frame of {} bytes dropped)", qname(p.txq),
-                           core_->tap.name(), net_error_name(NetError::TapRejected), std::strerror(errno), frame_len);
-        } else {
-            // Counted before the used entry is published, so that a guest
-            // that sees the buffer used also sees it in the statistics.
-            core_->n.tx_frames.fetch_add(1, std::memory_order_relaxed);
-            core_->n.tx_bytes.fetch_add(frame_len, std::memory_order_relaxed);
-        }
-        // §5.1.6.2: tx buffers are device-readable only: used length 0.
-        p.txq->push(std::move(c), 0);
+        const std::size_t i = p.tx_next;
+        if (p.tx_state[i] == kTxPending && p.tx_ring) tx_submit(p);
+        if (p.tx_state[i] == kTxPending && !tx_write(p, i)) break;  // the tap is full: armed
         ++p.tx_next;
         ++budget;
-        pushed = true;
     }
+    // Whatever was sent or dropped goes back now, also while waiting for
+    // room in the tap (tx never holds a sent buffer).
+    tx_flush(p, pushed);
     if (budget >= kTxBudget && !p.tx_waiting) post_pump(p, Dir::Tx);
     if (pushed) p.txq->notify_guest();
 }

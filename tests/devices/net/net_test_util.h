@@ -143,6 +143,8 @@ struct NetRig {
     /// Queues the driver leaves disabled (set before start(); their drv
     /// and q slots stay empty).
     std::set<std::uint16_t> disabled;
+    /// VIRTIO_F_EVENT_IDX on every queue (set before start()).
+    bool event_idx = false;
 
     ~NetRig() { stop(); }
 
@@ -157,6 +159,7 @@ struct NetRig {
         dev = std::move(*d);
         transport::ActivateContext ctx;
         ctx.features = features | transport::feature::bit(transport::feature::kVersion1);
+        if (event_idx) ctx.features |= transport::feature::bit(transport::feature::kEventIdx);
         for (std::uint16_t i = 0; i < nq; ++i) {
             if (disabled.count(i)) {
                 ctx.queues.push_back(nullptr);
@@ -166,6 +169,7 @@ struct NetRig {
             }
             test::DriverOptions o;
             o.size = qsize;
+            o.event_idx = event_idx;
             o.index = i;
             o.log_name = "dom" + std::to_string(h->domid) + " net0 q" + std::to_string(i);
             auto dr = h->driver(o);
