@@ -117,6 +117,7 @@ Result<void> GuestMemory::map_buffers(std::span<const DmaBuffer> buffers, MapScr
 }
 
 Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMapBatch& batch) const {
+    if (batch.open_) batch.abort_entry();
     const std::size_t refs0 = batch.refs_.size();
     const std::size_t bufs0 = batch.bufs_.size();
     auto undo = [&] {
@@ -181,7 +182,18 @@ Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMap
     e.ro = ro;
     e.rw = rw;
     batch.pages_ += pages;
+    batch.refs_end_ = batch.refs_.size();
+    batch.bufs_end_ = batch.bufs_.size();
     return true;
+}
+
+Error GuestMemory::buffer_error(const DmaBuffer& b, std::size_t buffers) const {
+    auto d = decode(b.addr, b.len, b.device_writable ? "device-writable buffer" : "device-readable buffer");
+    if (!d) return std::move(d).error();
+    // The address is fine: the chain's pages in that direction passed the limit.
+    return make_error(std::errc::argument_list_too_long,
+                      fmt::format("dom{}: {} buffers need more than {} {} pages", domid_, buffers, max_pages_,
+                                  b.device_writable ? "RW" : "RO"));
 }
 
 Result<void> GuestMemory::map_batch(ChainMapBatch& batch) {
@@ -189,12 +201,13 @@ Result<void> GuestMemory::map_batch(ChainMapBatch& batch) {
     // One grant call for every chain of the batch: RO for device-readable
     // pages (the frontend granted them read-only: DMA_TO_DEVICE), RW for
     // device-writable ones.
-    auto r = mapper_.map_batch(domid_, batch.refs_, std::span(batch.entries_.data(), batch.n_));
+    auto r = mapper_.map_batch(domid_, std::span(batch.refs_.data(), batch.refs_end_),
+                               std::span(batch.entries_.data(), batch.n_));
     if (!r)
         return Error{r.error().code,
                      fmt::format("dom{}: map {} refs of {} chains (device-readable pages RO, device-writable pages "
                                  "RW): {}",
-                                 domid_, batch.refs_.size(), batch.n_, r.error().message)};
+                                 domid_, batch.refs_end_, batch.n_, r.error().message)};
     return ok();
 }
 

@@ -14,6 +14,10 @@ QueueCore::QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn r
     // virtio 1.2 §2.7.5.3.1: "A driver MUST NOT create a descriptor chain
     // longer than the Queue Size of the device" -- this bounds indirect tables.
     max_indirect_ = cfg_.max_indirect != 0 ? std::min(cfg_.max_indirect, cfg_.size) : cfg_.size;
+    // Without grant copies every buffer is mapped: the walk puts it in the
+    // map batch directly (one pass from descriptor to grant refs).
+    acc_.mem = &mem_;
+    if (cfg_.copy_readable_max == 0) acc_.batch = &batch_;
 }
 
 Result<void> QueueCore::check_geometry(const QueueConfig& cfg, const Geometry& g) {
@@ -82,21 +86,33 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
     segs_.clear();
     batch_.clear();
     batch_chain_.clear();
+    const bool direct = acc_.direct();
     std::size_t n = 0;
     while (n < max) {
         acc_.clear();
+        if (direct) batch_.begin_entry();
         std::uint16_t id = 0, slots = 0;
         auto r = parse_next(acc_, id, slots);
         if (!r) {
             drop_batch();  // queue is broken: the ring is left alone
             return std::move(r).error();
         }
-        if (!*r) break;
+        if (!*r) {
+            if (direct) batch_.abort_entry();
+            break;
+        }
         // virtio 1.2 §2.7.5 / §2.8.5: a chain describes at least one buffer;
         // one with no bytes at all carries no request.
         if (acc_.readable + acc_.writable == 0) {
             auto e = fail_with(std::errc::invalid_argument,
                                fmt::format("virtio 1.2 §2.7.5: chain {} is empty (0 bytes)", id));
+            drop_batch();
+            return e;
+        }
+        // A buffer the grant layer refuses, reported once the chain is
+        // known to keep every ring rule.
+        if (acc_.refused) {
+            auto e = fail_with(mem_.buffer_error(acc_.bad, acc_.descriptors));
             drop_batch();
             return e;
         }
@@ -106,8 +122,21 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
         c.id_ = id;
         c.slots_ = slots;
         ++in_flight_;
-        auto f = prepare(out, segs_);
-        if (!f) {
+        if (direct) {
+            c.readable_len_ = std::uint32_t(acc_.readable);
+            c.writable_len_ = std::uint32_t(acc_.writable);
+            if (!mem_.entry_fits(batch_)) {
+                // The batch is full: map it now; this chain starts the next.
+                auto m = map_pending(out);
+                if (!m) {
+                    auto e = fail_with(std::move(m).error());
+                    drop_batch();
+                    return e;
+                }
+            }
+            batch_.end_entry();
+            batch_chain_.push_back(out.size() - 1);
+        } else if (auto f = prepare(out, segs_); !f) {
             auto e = fail_with(std::move(f).error());
             drop_batch();
             return e;
@@ -185,7 +214,7 @@ Result<void> QueueCore::map_pending(std::vector<DescriptorChain>& out) {
                 c.readable_.emplace_back(p, len);
         });
     }
-    batch_.clear();
+    batch_.clear_closed();  // an entry being built stays
     batch_chain_.clear();
     return ok();
 }

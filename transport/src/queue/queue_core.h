@@ -59,22 +59,33 @@ inline bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t
 }  // namespace ring
 
 /// Collects one chain's buffers and enforces the rules common to both
-/// ring layouts.
+/// ring layouts. With a batch (direct()), each buffer goes straight into
+/// the batch's open entry as the chain is walked (one pass, descriptor to
+/// grant refs); otherwise into `bufs`.
 struct ChainAccumulator {
     std::vector<DmaBuffer> bufs;
     std::uint64_t readable = 0;
     std::uint64_t writable = 0;
     std::uint32_t descriptors = 0;
     bool seen_writable = false;
+    const GuestMemory* mem = nullptr;  ///< direct: checks and decodes the buffers
+    ChainMapBatch* batch = nullptr;    ///< direct: the batch whose open entry they go to
+    bool refused = false;              ///< direct: a buffer was refused (see bad)
+    DmaBuffer bad;                     ///< direct: the first buffer refused
+
+    bool direct() const noexcept { return batch != nullptr; }
 
     void clear() {
         bufs.clear();
         readable = writable = 0;
         descriptors = 0;
         seen_writable = false;
+        refused = false;
     }
 
     /// Adds a direct descriptor; returns the rule it breaks, or nullptr.
+    /// A buffer the grant layer refuses (address, page limit) is not a
+    /// rule: the walk goes on and `refused` is reported after it.
     const char* add(std::uint64_t addr, std::uint32_t len, bool write) {
         ++descriptors;
         // virtio 1.2 §2.7.4.2 / §2.8.4.2: "The driver MUST place any
@@ -87,7 +98,14 @@ struct ChainAccumulator {
         if (readable + writable + len > 0xffffffffULL)
             return "virtio 1.2 §2.7.5.2: total chain length exceeds 2^32 - 1 bytes";
         (write ? writable : readable) += len;
-        bufs.push_back(DmaBuffer{addr, len, write});
+        if (batch) {
+            if (!refused && !mem->add_buffer(*batch, addr, len, write)) {
+                refused = true;
+                bad = DmaBuffer{addr, len, write};
+            }
+        } else {
+            bufs.push_back(DmaBuffer{addr, len, write});
+        }
         return nullptr;
     }
 };

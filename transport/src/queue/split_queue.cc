@@ -49,19 +49,24 @@ Result<std::unique_ptr<Virtqueue>> SplitQueue::create(const QueueConfig& cfg, Gu
 
 Result<bool> SplitQueue::parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) {
     const std::uint16_t n = cfg_.size;
-    // virtio 1.2 §2.7.13.3: the driver issues a write barrier before it
-    // updates idx; the acquire load pairs with it so that the ring entries
-    // and descriptors below are read after idx.
-    const std::uint16_t avail_idx = ring::load16(avail_ + 2, std::memory_order_acquire);
-    const std::uint16_t pending = std::uint16_t(avail_idx - last_avail_);
-    if (pending == 0) return false;
-    // virtio 1.2 §2.7.6: idx counts chains added; it cannot be more than
-    // a queue's worth ahead of what the device has consumed.
-    if (pending > n)
-        return fail_with(std::errc::protocol_error,
-                         fmt::format("virtio 1.2 §2.7.6: avail idx {} is {} entries ahead of the {} consumed, more "
-                                     "than the queue size {}",
-                                     avail_idx, pending, last_avail_, n));
+    if (avail_seen_ == last_avail_) {
+        // Everything seen so far is consumed: read idx again (once per run
+        // of chains, not once per chain). virtio 1.2 §2.7.13.3: the driver
+        // issues a write barrier before it updates idx; the acquire load
+        // pairs with it so that the ring entries and descriptors below are
+        // read after idx.
+        const std::uint16_t avail_idx = ring::load16(avail_ + 2, std::memory_order_acquire);
+        const std::uint16_t pending = std::uint16_t(avail_idx - last_avail_);
+        if (pending == 0) return false;
+        // virtio 1.2 §2.7.6: idx counts chains added; it cannot be more than
+        // a queue's worth ahead of what the device has consumed.
+        if (pending > n)
+            return fail_with(std::errc::protocol_error,
+                             fmt::format("virtio 1.2 §2.7.6: avail idx {} is {} entries ahead of the {} consumed, "
+                                         "more than the queue size {}",
+                                         avail_idx, pending, last_avail_, n));
+        avail_seen_ = avail_idx;
+    }
     const std::uint16_t head = ring::load16(avail_ + 4 + 2 * std::size_t(last_avail_ % n), std::memory_order_relaxed);
     // virtio 1.2 §2.7.6: ring[] holds heads of chains, i.e. indexes into
     // the descriptor table.

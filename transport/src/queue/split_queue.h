@@ -47,6 +47,7 @@ private:
     std::byte* avail_ = nullptr;
     std::byte* used_ = nullptr;
     std::uint16_t last_avail_ = 0;     ///< next avail ring slot to consume
+    std::uint16_t avail_seen_ = 0;     ///< avail idx last read (acquire); entries up to it are readable
     std::uint16_t used_idx_ = 0;       ///< our copy of used->idx
     std::uint16_t signalled_used_ = 0; ///< used idx at the last notification decision
     std::uint32_t unsignalled_ = 0;    ///< used entries since then (saturates at 2^16)

@@ -53,6 +53,51 @@ public:
         bufs_.clear();
         first_buf_.clear();
         pages_ = 0;
+        refs_end_ = bufs_end_ = 0;
+        open_ = false;
+    }
+
+    /// One-pass building of an entry, buffer by buffer, while a chain is
+    /// walked (GuestMemory::add_buffer()): begin_entry(), the buffers with
+    /// every device-readable one before the device-writable ones, then
+    /// end_entry() or abort_entry(). An open entry is not mapped by
+    /// GuestMemory::map_batch() and survives clear_closed().
+    void begin_entry() noexcept {
+        open_ = true;
+        open_ro_ = open_rw_ = 0;
+    }
+    /// Pages of the open entry.
+    std::uint64_t open_pages() const noexcept { return open_ro_ + open_rw_; }
+    /// Forgets the open entry's buffers.
+    void abort_entry() noexcept {
+        refs_.resize(refs_end_);
+        bufs_.resize(bufs_end_);
+        open_ = false;
+    }
+    /// Closes the open entry: it is mapped by the next map_batch().
+    void end_entry() {
+        first_buf_.push_back(std::uint32_t(bufs_end_));
+        if (n_ == entries_.size()) entries_.emplace_back();
+        auto& e = entries_[n_++];
+        e.ro_addr = e.rw_addr = nullptr;
+        e.ro = std::uint32_t(open_ro_);
+        e.rw = std::uint32_t(open_rw_);
+        pages_ += open_ro_ + open_rw_;
+        refs_end_ = refs_.size();
+        bufs_end_ = bufs_.size();
+        open_ = false;
+    }
+    /// clear() for the closed entries only: the open one (if any) becomes
+    /// the batch's first.
+    void clear_closed() noexcept {
+        if (!open_) return clear();
+        for (std::size_t k = 0; k < n_; ++k) entries_[k].map.reset(), entries_[k].map2.reset();
+        refs_.erase(refs_.begin(), refs_.begin() + std::ptrdiff_t(refs_end_));
+        bufs_.erase(bufs_.begin(), bufs_.begin() + std::ptrdiff_t(bufs_end_));
+        n_ = 0;
+        first_buf_.clear();
+        pages_ = 0;
+        refs_end_ = bufs_end_ = 0;
     }
     /// Entries (chains) added.
     std::size_t size() const noexcept { return n_; }
@@ -65,7 +110,8 @@ public:
     template <class F>
     void for_each_span(std::size_t k, F&& f) const {
         const auto& e = entries_[k];
-        for (std::uint32_t i = first_buf_[k]; i < (k + 1 < first_buf_.size() ? first_buf_[k + 1] : bufs_.size()); ++i) {
+        const std::size_t end = k + 1 < n_ ? first_buf_[k + 1] : bufs_end_;
+        for (std::size_t i = first_buf_[k]; i < end; ++i) {
             const Buf& b = bufs_[i];
             if (b.len == 0) continue;
             std::byte* base = b.rw ? e.rw_addr : e.ro_addr;
@@ -88,6 +134,14 @@ private:
     std::vector<Buf> bufs_;
     std::vector<std::uint32_t> first_buf_;  ///< per entry: its first buffer in bufs_
     std::uint64_t pages_ = 0;
+    std::size_t refs_end_ = 0;   ///< refs_ of the closed entries (an open one's follow)
+    std::size_t bufs_end_ = 0;   ///< bufs_ of the closed entries
+    bool open_ = false;          ///< an entry is being built
+    // 64-bit each: end_entry() reads both right after add_buffer() wrote
+    // them; as two adjacent 32-bit fields the compiler merges the reads
+    // into one load that waits for both stores (no store forwarding).
+    std::uint64_t open_ro_ = 0;  ///< its RO pages so far
+    std::uint64_t open_rw_ = 0;  ///< its RW pages so far
 };
 
 /// Translates grant DMA addresses of one guest into host mappings.
@@ -131,6 +185,32 @@ public:
     /// is not empty and the chain would take it over the page limit: map
     /// the batch, then add the chain to a fresh one.
     Result<bool> add_chain(std::span<const DmaBuffer> buffers, ChainMapBatch& batch) const;
+
+    /// Adds one buffer to the open entry of `batch` (ChainMapBatch::
+    /// begin_entry()), with add_chain()'s checks; device-readable buffers
+    /// must all come before device-writable ones. false, adding nothing,
+    /// when add_chain() would refuse the buffer: buffer_error() then says why.
+    bool add_buffer(ChainMapBatch& batch, std::uint64_t addr, std::uint32_t len, bool device_writable) const {
+        xen::GrantRef ref0;
+        std::uint32_t pages;
+        if (!decode_ok(addr, len, ref0, pages)) return false;
+        std::uint64_t& have = device_writable ? batch.open_rw_ : batch.open_ro_;
+        if (pages > max_pages_ - have) return false;  // have <= max_pages_
+        batch.bufs_.push_back(
+            ChainMapBatch::Buf{std::uint32_t(have), xen::grant_dma::offset(addr), len, device_writable});
+        for (std::uint32_t p = 0; p < pages; ++p) batch.refs_.push_back(ref0 + p);
+        have += pages;
+        return true;
+    }
+    /// Why add_buffer() refused `buf`, a buffer of a chain of `buffers`
+    /// buffers (add_chain()'s error).
+    Error buffer_error(const DmaBuffer& buf, std::size_t buffers) const;
+    /// True when `batch`'s open entry fits one map call with its closed
+    /// entries (add_chain() would not return false); else map the batch
+    /// (its closed entries), clear_closed(), and end the entry then.
+    bool entry_fits(const ChainMapBatch& batch) const noexcept {
+        return batch.n_ == 0 || batch.pages_ + batch.open_pages() <= 2 * std::uint64_t(max_pages_);
+    }
 
     /// Maps every entry of `batch` in ONE grant call (nothing when it has
     /// no pages). On an error nothing stays mapped.

@@ -54,6 +54,7 @@ inline constexpr std::size_t kInlineSegments = 4;
 template <class Byte>
 using SegmentList = boost::container::small_vector<std::span<Byte>, kInlineSegments>;
 
+
 /// Bounded sequential view over a list of host byte segments (a copy of
 /// the list: the view stays valid when the chain it came from is moved).
 /// Reader reads device-readable buffers; Writer fills device-writable ones.
@@ -65,6 +66,9 @@ public:
     explicit SegmentCursor(std::span<const Segment> segs) : segs_(segs.begin(), segs.end()) {
         for (auto& s : segs_) remaining_ += s.size();
     }
+    /// With their total size known (`total` is the sum of segs' sizes).
+    SegmentCursor(std::span<const Segment> segs, std::size_t total)
+        : segs_(segs.begin(), segs.end()), remaining_(total) {}
 
     /// Bytes left.
     std::size_t available() const noexcept { return remaining_; }
@@ -91,6 +95,21 @@ public:
     }
 
 protected:
+    /// The current segment when it holds `n` more bytes, else nullptr; with
+    /// them consumed. The fast path of read() and write(): one memcpy()
+    /// whose size the compiler sees for read_obj() and write_obj().
+    Byte* take_contiguous(std::size_t n) noexcept {
+        if (idx_ >= segs_.size() || segs_[idx_].size() - off_ < n) return nullptr;
+        Byte* p = segs_[idx_].data() + off_;
+        off_ += n;
+        remaining_ -= n;
+        if (off_ == segs_[idx_].size()) {
+            ++idx_;
+            off_ = 0;
+        }
+        return p;
+    }
+
     /// Calls f(segment) for up to `n` bytes, consumed (no list built).
     template <class F>
     void consume(std::size_t n, F&& f) {
@@ -123,6 +142,10 @@ public:
     /// fewer are available.
     bool read(std::span<std::byte> out) {
         if (out.size() > available()) return false;
+        if (const std::byte* p = take_contiguous(out.size())) {
+            if (!out.empty()) std::memcpy(out.data(), p, out.size());
+            return true;
+        }
         std::size_t done = 0;
         consume(out.size(), [&](std::span<const std::byte> s) {
             std::memcpy(out.data() + done, s.data(), s.size());
@@ -149,6 +172,11 @@ public:
     /// Copies all of `in`; false (and nothing written) if it does not fit.
     bool write(std::span<const std::byte> in) {
         if (in.size() > available()) return false;
+        if (std::byte* p = take_contiguous(in.size())) {
+            if (!in.empty()) std::memcpy(p, in.data(), in.size());
+            written_ += in.size();
+            return true;
+        }
         std::size_t done = 0;
         consume(in.size(), [&](std::span<std::byte> s) {
             std::memcpy(s.data(), in.data() + done, s.size());
@@ -175,7 +203,10 @@ private:
 /// A validated descriptor chain with its buffers mapped. Move-only.
 class DescriptorChain {
 public:
-    DescriptorChain() = default;
+    // User-provided (not "= default"): a value-initialized chain, as
+    // vector::emplace_back() makes, then skips zero-filling the inline
+    // segment storage before the member initializers run.
+    DescriptorChain() noexcept {}
     DescriptorChain(DescriptorChain&&) noexcept;
     DescriptorChain& operator=(DescriptorChain&&) noexcept;
     DescriptorChain(const DescriptorChain&) = delete;
@@ -191,9 +222,9 @@ public:
     std::uint32_t writable_bytes() const noexcept { return writable_len_; }
 
     /// A fresh view over the device-readable buffers.
-    Reader reader() const { return Reader(readable_segments()); }
+    Reader reader() const { return Reader(readable_segments(), readable_len_); }
     /// A fresh view over the device-writable buffers.
-    Writer writer() const { return Writer(writable_segments()); }
+    Writer writer() const { return Writer(writable_segments(), writable_len_); }
 
     /// The device-readable buffers, in chain order (empty ones left out).
     std::span<const std::span<const std::byte>> readable_segments() const noexcept {
