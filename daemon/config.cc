@@ -164,6 +164,11 @@ void read_daemon(Reader& r, const toml::table& t, DaemonSection& d) {
                 else
                     r.error(Reader::line(node), sec, key, "'" + *v + "' is not one of errno|kill|off");
             }
+        } else if (key == "ioreq_poll_us") {
+            if (auto v = r.integer(node, sec, key, 0, DaemonSection::kMaxIoreqPollUs)) d.ioreq_poll_us = unsigned(*v);
+        } else if (key == "ioreq_realtime_priority") {
+            if (auto v = r.integer(node, sec, key, 0, DaemonSection::kMaxRealtimePriority))
+                d.ioreq_realtime_priority = unsigned(*v);
         } else {
             r.error(Reader::line(node), sec, key, "unknown key");
         }

@@ -3,7 +3,8 @@
 // its keys) parsed into a plain data model the rest of the daemon uses.
 //
 //   /etc/xen-virtiod/xen-virtiod.toml
-//     [daemon]        strict, log_level, workers, default_class, seccomp
+//     [daemon]        strict, log_level, workers, default_class, seccomp,
+//                     ioreq_poll_us, ioreq_realtime_priority
 //     [[domain]]      id | name, roles, class, allow_unrestricted
 //     [[device]]      guest, type, index, transport, grants, nonblocking,
 //                     blk: path readonly discard queues
@@ -106,6 +107,17 @@ struct DaemonSection {
     unsigned workers = 2;                 ///< I/O threads (1..64)
     VmClass default_class = VmClass::Unsafe;  ///< class of a guest without [[domain]] entry
     SeccompMode seccomp = SeccompMode::Errno; ///< R5: action for syscalls the filter refuses
+    /// After serving an ioreq, a guest's ioreq loop keeps polling for the
+    /// next one this long before sleeping on the event channel again
+    /// (0: sleeps at once). A busy thread for up to this long after each
+    /// burst of register accesses, for a shorter trap tail.
+    unsigned ioreq_poll_us = 0;
+    static constexpr unsigned kMaxIoreqPollUs = 1000;
+    /// SCHED_FIFO priority of a guest's I/O threads, which serve its ioreqs
+    /// (0: the normal policy). Needs CAP_SYS_NICE or RLIMIT_RTPRIO >= it
+    /// (systemd LimitRTPRIO=); refused: a warning, and served at the normal policy.
+    unsigned ioreq_realtime_priority = 0;
+    static constexpr unsigned kMaxRealtimePriority = 99;  ///< sched(7): SCHED_FIFO 1..99
 };
 
 /// [[domain]]: the role and class of one domain.

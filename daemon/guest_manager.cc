@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <sstream>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -123,6 +124,10 @@ std::string describe_exit(const WorkerExit& e) {
 
 }  // namespace
 
+std::string ioreq_servers_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest) {
+    return xs.domain_path(self) + "/xen-virtiod/" + std::to_string(guest) + "/ioreq-servers";
+}
+
 std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path) {
     return std::make_shared<ProcessSpawner>(std::move(self_exe), std::move(config_path));
 }
@@ -134,6 +139,7 @@ PlanResult plan_guest(const Config& config, xen::DomId domid, const std::string&
     out.plan.name = name;
     out.plan.cls = config.class_of(domid, name);
     out.plan.pci.backend_domid = backend_domid;
+    out.plan.ioreq = IoreqTuning::from(config.daemon);
 
     std::vector<AnnouncedDevice> devs = announced;
     std::sort(devs.begin(), devs.end(), [](const auto& a, const auto& b) {
@@ -488,9 +494,23 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
         spawn_worker(domid);
         return;
     }
+    if (opts_.report_ioreq_servers) {
+        // Recorded as soon as the server exists, before its ranges are
+        // claimed: a worker dying from then on leaves a server its
+        // supervisor knows about.
+        pr.plan.on_ioreq_server = [this, domid](xen::IoServId id) { record_ioreq_server(domid, id); };
+    }
     // Each guest on its own threads when asked (guest_executor.h).
     std::unique_ptr<GuestExecutor> own;
-    if (opts_.threads_per_guest > 0) own = std::make_unique<GuestExecutor>(opts_.threads_per_guest, domid);
+    if (opts_.threads_per_guest > 0) {
+        // ioreq_realtime_priority: the guest's threads inherit the policy
+        // from this one while they are started (ioreq_tuning.h).
+        RealtimeThreads rt(pr.plan.ioreq, "dom" + std::to_string(domid));
+        own = std::make_unique<GuestExecutor>(opts_.threads_per_guest, domid);
+    } else if (pr.plan.ioreq.realtime_priority) {
+        spdlog::warn("dom{}: ioreq_realtime_priority applies to a guest's own I/O threads; this guest shares the "
+                     "daemon's threads and is served with their policy", domid);
+    }
     auto s = GuestSession::start(hv_, xs_.get(), own ? own->executor() : ex_, std::move(pr.plan));
     if (!s) {
         // Not retried until the guest goes away (or SIGHUP): the error node
@@ -710,11 +730,82 @@ void GuestManager::spawn_worker(xen::DomId domid) {
     spdlog::info("dom{}: worker pid {} started", domid, w.id);
 }
 
+void GuestManager::record_ioreq_server(xen::DomId domid, xen::IoServId id) {
+    const std::string path = ioreq_servers_path(*xs_, self_, domid);
+    std::string list;
+    if (auto v = xs_->read(path)) list = v.value() + " ";
+    list += std::to_string(id);
+    if (auto r = xs_->write(path, list); !r)
+        spdlog::warn("dom{}: cannot record ioreq server {} for the supervisor at {}: {} (if this worker dies, the "
+                     "server stays in Xen until the guest is destroyed)",
+                     domid, id, path, r.error().describe());
+}
+
+// What a dead worker leaves behind. Its process's descriptors are closed
+// by the kernel, and with them:
+//   grant maps      /dev/xen/gntdev release unmaps every grant of the file
+//   event channels  /dev/xen/evtchn release unbinds every port of the file
+//   ioreq pages     the acquire_resource mapping goes with the address space
+//   xenstore        the connection closes: its watches and transactions go
+// Xen itself keeps, with no link to a process:
+//   ioreq servers   live until XEN_DMOP_destroy_ioreq_server or the domain's
+//                   end, their ranges still claimed: a restarted worker's
+//                   map_io_range would fail with EEXIST, and the guest's
+//                   accesses would wait on a server nobody serves
+//   SPI levels      an interrupt line raised with XEN_DMOP_set_irq_level and
+//                   not lowered yet stays asserted in the vGIC
+// The worker records its servers' ids (record_ioreq_server); destroying
+// them from here gives the worker's guest nothing it could not do itself:
+// a worker's device-model handle already acts on every server of its guest.
+void GuestManager::release_worker_leftovers(xen::DomId domid, int pid, const WorkerExit& how) {
+    const std::string path = ioreq_servers_path(*xs_, self_, domid);
+    auto recorded = xs_->read(path);
+    const bool orderly = !how.signaled && how.status == 0;  // its orderly stop destroyed them
+    if (!orderly && guest_alive(domid)) {
+        if (!dm_) {
+            if (auto dm = hv_.open_device_model())
+                dm_ = std::move(dm).value();
+            else
+                spdlog::error("dom{}: cannot open the device model to release what worker pid {} left: {}", domid,
+                              pid, dm.error().describe());
+        }
+        if (dm_ && recorded) {
+            std::istringstream in(recorded.value());
+            std::string tok;
+            // Xen has at most 8 servers per domain (MAX_NR_IOREQ_SERVERS).
+            for (unsigned n = 0; n < 8 && in >> tok; ++n) {
+                auto id = parse_xs_uint(tok, 0xffff);
+                if (!id) {
+                    spdlog::warn("dom{}: {}: '{}' is not an ioreq server id; ignored", domid, path, tok);
+                    continue;
+                }
+                if (auto r = dm_->destroy_ioreq_server(domid, xen::IoServId(*id)); r) {
+                    ++stats_.stale_ioreq_servers_destroyed;
+                    spdlog::info("dom{}: destroyed ioreq server {} left by worker pid {} ({})", domid, *id, pid,
+                                 describe_exit(how));
+                } else if (r.error().code != std::errc::no_such_file_or_directory) {
+                    spdlog::error("dom{}: cannot destroy ioreq server {} left by worker pid {}: {}", domid, *id, pid,
+                                  r.error().describe());
+                }
+            }
+        }
+        if (dm_) {
+            ScanResult scan = scan_announced_devices(*xs_, self_, domid);
+            for (const auto& d : scan.devices) {
+                if (d.frontend != domid || d.transport != "mmio" || d.irq == 0) continue;
+                if (dm_->set_irq_level(domid, d.irq, false)) ++stats_.stale_irq_lines_lowered;
+            }
+        }
+    }
+    if (recorded) (void)xs_->rm(path);
+}
+
 void GuestManager::on_worker_exit(xen::DomId domid, const WorkerExit& how) {
     auto it = workers_.find(domid);
     if (it == workers_.end()) return;
     Worker& w = it->second;
     const int pid = w.id;
+    release_worker_leftovers(domid, pid, how);
     const auto now = std::chrono::steady_clock::now();
     const auto ran = now - w.started;
     w.id = -1;
@@ -808,6 +899,7 @@ void GuestManager::stop(std::function<void()> done) {
             if (w.id < 0) continue;
             auto how = self->opts_.spawner->wait(w.id, std::chrono::seconds(10));
             spdlog::info("dom{}: worker pid {} stopped ({})", dom, w.id, describe_exit(how));
+            self->release_worker_leftovers(dom, w.id, how);
             ++(how.signaled || how.status != 0 ? self->stats_.workers_crashed : self->stats_.workers_exited);
         }
         self->workers_.clear();

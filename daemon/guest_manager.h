@@ -97,8 +97,8 @@ struct ManagerOptions {
     bool spawn_workers = false;
     /// In-process sessions: each guest gets its own io_context with this
     /// many threads (guest_executor.h), as each gets its own process under
-    /// the Hardware Domain service; 0 runs every session on the manager's
-    /// executor (a `--domid N` worker, which serves one guest anyway).
+    /// the Hardware Domain service (`serve --domid N` sets [daemon]
+    /// workers); 0 runs every session on the manager's executor.
     unsigned threads_per_guest = 0;
     /// For spawned workers: this binary and the configuration file.
     std::string self_exe;
@@ -123,6 +123,11 @@ struct ManagerOptions {
     /// first seen, whichever comes first.
     std::chrono::milliseconds settle_quiet{250};
     std::chrono::milliseconds settle_max{3000};
+    /// A worker of the Hardware Domain service (`serve --worker`): records
+    /// the ids of its guest's ioreq servers under ioreq_servers_path() for
+    /// the supervisor, which destroys them if the worker dies (Xen keeps an
+    /// ioreq server until the domain dies or it is destroyed).
+    bool report_ioreq_servers = false;
     /// Called after each session started (demo, tests).
     std::function<void(std::shared_ptr<GuestSession>)> on_session;
 };
@@ -142,7 +147,13 @@ struct ManagerStats {
     std::uint64_t guests_given_up = 0;
     std::uint64_t late_devices_refused = 0;
     std::uint64_t settle_waits = 0;      ///< guests held back while their device list changed
+    std::uint64_t stale_ioreq_servers_destroyed = 0;  ///< left in Xen by workers that died
+    std::uint64_t stale_irq_lines_lowered = 0;        ///< SPIs of dead workers' guests set low
 };
+
+/// Where a worker records the ids of its guest's ioreq servers (space
+/// separated): <our domain>/xen-virtiod/<guest>/ioreq-servers.
+std::string ioreq_servers_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest);
 
 /// Builds the plan of one guest from what xenstore announced and the
 /// configuration; devices that cannot be served are returned in `refused`
@@ -208,6 +219,11 @@ private:
     void spawn_worker(xen::DomId domid);
     void reap_workers();
     void on_worker_exit(xen::DomId domid, const WorkerExit& how);
+    /// After a worker of `domid` ended: releases what it left in Xen that
+    /// the kernel does not release with its process (see the .cc).
+    void release_worker_leftovers(xen::DomId domid, int pid, const WorkerExit& how);
+    /// A worker records its guest's ioreq server id (report_ioreq_servers).
+    void record_ioreq_server(xen::DomId domid, xen::IoServId id);
     /// Devices announced for a guest after its session or worker started.
     void refuse_late_devices(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
     /// Writes `why` as the error node of every device announced for `domid`.
@@ -220,6 +236,7 @@ private:
     ManagerOptions opts_;
     std::unique_ptr<xen::XenStore> xs_;
     std::unique_ptr<xen::DomainControl> dc_;
+    std::unique_ptr<xen::DeviceModel> dm_;  ///< supervisor: destroys dead workers' ioreq servers
     xen::DomId self_ = 0;
     HostFacts host_;
     std::optional<boost::asio::posix::stream_descriptor> watch_sd_;

@@ -60,6 +60,8 @@ Result<void> GuestSession::build(xen::Hypervisor& hv, boost::asio::any_io_execut
     auto loop = transport::IoreqLoop::create(ex, *dm_, dom);
     if (!loop) return std::move(loop).error();
     loop_ = std::move(loop).value();
+    plan_.ioreq.apply(*loop_);
+    if (plan_.on_ioreq_server) plan_.on_ioreq_server(loop_->server_id());
 
     transport::TransportEnv env;
     env.executor = ex;

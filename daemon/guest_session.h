@@ -32,6 +32,7 @@
 
 #include "config.h"
 #include "discovery.h"
+#include "ioreq_tuning.h"
 #include "xv/devices/blk.h"
 #include "xv/devices/console.h"
 #include "xv/devices/net.h"
@@ -62,6 +63,10 @@ struct GuestPlan {
     VmClass cls = VmClass::Unsafe;
     std::vector<DevicePlan> devices;
     transport::PciHostConfig pci;  ///< used when a device is on pci
+    IoreqTuning ioreq;             ///< [daemon] ioreq_poll_us, ioreq_realtime_priority
+    /// Called with the id of the guest's ioreq server as soon as it exists
+    /// (a worker records it for its supervisor); may be empty.
+    std::function<void(xen::IoServId)> on_ioreq_server;
 };
 
 /// Live facts about one device of a session (for logs, demo and tests).

@@ -10,12 +10,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
 namespace xv::daemon {
 
 namespace {
+
+std::atomic<bool> g_seccomp_installed{false};
 
 /// Highest capability number this kernel knows (PR_CAPBSET_READ fails
 /// with EINVAL past it).
@@ -239,8 +242,11 @@ Result<void> install_seccomp(SeccompMode mode, bool allow_sanitizer_syscalls) {
         if (int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), clone3, 0); rc < 0)
             return errno_error(-rc, "seccomp: clone3");
     if (int rc = seccomp_load(ctx); rc < 0) return errno_error(-rc, "seccomp_load");
+    g_seccomp_installed = true;
     return ok();
 }
+
+bool seccomp_installed() { return g_seccomp_installed.load(); }
 
 Result<std::uint64_t> effective_capabilities() {
     auto s = capget_self();

@@ -107,6 +107,10 @@ private:
     PrivilegeState state_ = PrivilegeState::Setup;
 };
 
+/// True once install_seccomp() put a filter on this process (calls the
+/// filter does not allow, such as sched_setscheduler, must not be made).
+bool seccomp_installed();
+
 /// Sets PR_SET_NO_NEW_PRIVS (execve can never gain privileges again).
 Result<void> set_no_new_privs();
 

@@ -93,6 +93,14 @@ int run_serve(const ServeOptions& opts) {
     mo.only_guest = opts.domid;
     // Hardware Domain service: one restricted worker process per guest (R5).
     mo.spawn_workers = !opts.domid;
+    // `--domid N` (a worker, or a driver domain serving one guest): the guest
+    // runs on its own executor with the [daemon] workers threads, as every
+    // in-process guest does (guest_executor.h); the manager's loop (xenstore
+    // watch, signals, watchdog) keeps the main thread. The guest's threads
+    // exist before the privilege drop below: ioreq_realtime_priority is
+    // applied as they start, while the process may still change policies.
+    if (opts.domid) mo.threads_per_guest = config.daemon.workers;
+    mo.report_ioreq_servers = opts.worker;
     mo.self_exe = self_exe();
     mo.config_path = opts.config_path;
     int exit_status = kExitOk;
@@ -170,7 +178,8 @@ int run_serve(const ServeOptions& opts) {
     sd_notifyf(0, "READY=1\nSTATUS=serving %zu guest(s)", manager->sessions().size());
 
     std::vector<std::thread> threads;
-    for (unsigned i = 1; i < config.daemon.workers; ++i) threads.emplace_back([&io] { io.run(); });
+    const unsigned manager_threads = opts.domid ? 1u : config.daemon.workers;
+    for (unsigned i = 1; i < manager_threads; ++i) threads.emplace_back([&io] { io.run(); });
     io.run();
     for (auto& t : threads) t.join();
     (void)guest_gone;

@@ -34,6 +34,8 @@ TEST(Config, EmptyFileGivesDefaults) {
     EXPECT_EQ(c.daemon.workers, 2u);
     EXPECT_EQ(c.daemon.default_class, VmClass::Unsafe);
     EXPECT_EQ(c.daemon.seccomp, SeccompMode::Errno);
+    EXPECT_EQ(c.daemon.ioreq_poll_us, 0u);
+    EXPECT_EQ(c.daemon.ioreq_realtime_priority, 0u);
     EXPECT_TRUE(c.domains.empty());
     EXPECT_TRUE(c.devices.empty());
     EXPECT_EQ(c.source, kFile);
@@ -47,6 +49,8 @@ log_level = "debug"
 workers = 4
 default_class = "safe"
 seccomp = "kill"
+ioreq_poll_us = 50
+ioreq_realtime_priority = 20
 
 [[domain]]
 id = 0
@@ -101,12 +105,14 @@ log = "/var/log/xen-virtiod/g1.log"
     EXPECT_EQ(c.daemon.workers, 4u);
     EXPECT_EQ(c.daemon.default_class, VmClass::Safe);
     EXPECT_EQ(c.daemon.seccomp, SeccompMode::Kill);
+    EXPECT_EQ(c.daemon.ioreq_poll_us, 50u);
+    EXPECT_EQ(c.daemon.ioreq_realtime_priority, 20u);
 
     ASSERT_EQ(c.domains.size(), 2u);
     EXPECT_EQ(c.domains[0].id, xen::DomId(0));
     EXPECT_TRUE(c.domains[0].roles.hardware && c.domains[0].roles.control && !c.domains[0].roles.domu);
     EXPECT_EQ(c.domains[0].cls, VmClass::Safe);
-    EXPECT_EQ(c.domains[0].line, 9u);
+    EXPECT_EQ(c.domains[0].line, 11u);
     EXPECT_EQ(c.domains[1].name, "guest1");
     EXPECT_EQ(c.domains[1].id, xen::DomId(5));
     EXPECT_TRUE(c.domains[1].roles.domu);
@@ -291,6 +297,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"[daemon]\nlog_level = \"loud\"\n", ":2: [daemon] key 'log_level': 'loud' is not one of"},
         BadValue{"[daemon]\nworkers = 0\n", ":2: [daemon] key 'workers': value 0 out of range 1..64"},
         BadValue{"[daemon]\nseccomp = \"maybe\"\n", ":2: [daemon] key 'seccomp'"},
+        BadValue{"[daemon]\nioreq_poll_us = 1001\n", ":2: [daemon] key 'ioreq_poll_us': value 1001 out of range 0..1000"},
+        BadValue{"[daemon]\nioreq_poll_us = -1\n", ":2: [daemon] key 'ioreq_poll_us': value -1 out of range 0..1000"},
+        BadValue{"[daemon]\nstrict = false\nioreq_poll_us = \"50us\"\n", ":3: [daemon] key 'ioreq_poll_us': expected an integer, got string"},
+        BadValue{"[daemon]\nioreq_realtime_priority = 100\n", ":2: [daemon] key 'ioreq_realtime_priority': value 100 out of range 0..99"},
+        BadValue{"[daemon]\nioreq_realtime_priority = -5\n", ":2: [daemon] key 'ioreq_realtime_priority': value -5 out of range 0..99"},
+        BadValue{"[daemon]\nioreq_realtime_priority = true\n", ":2: [daemon] key 'ioreq_realtime_priority': expected an integer, got boolean"},
         BadValue{"[daemon]\ndefault_class = \"meh\"\n", ":2: [daemon] key 'default_class'"},
         BadValue{"[[domain]]\nid = 32752\n", ":2: [[domain]] #1 key 'id': value 32752 out of range 0..32751"},
         BadValue{"[[domain]]\nid = -1\n", ":2: [[domain]] #1 key 'id': value -1 out of range"},

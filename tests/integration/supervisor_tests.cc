@@ -90,6 +90,8 @@ public:
         w->guard.emplace(w->io.get_executor());
         ManagerOptions mo;
         mo.only_guest = domid;
+        // As `serve --domid N --worker` sets it (serve.cc).
+        mo.report_ioreq_servers = true;
         mo.on_only_guest_gone = [this, id] { terminate(id); };  // the worker raises SIGTERM
         w->manager = GuestManager::create(h_.config, *h_.sim, w->io.get_executor(), mo);
         lk.unlock();
@@ -168,12 +170,17 @@ public:
     }
 
     /// Kills the worker of `domid` (a crash by `sig`): no orderly stop, its
-    /// handles closed as the kernel closes a dead process's (halt()).
+    /// handles closed as the kernel closes a dead process's (halt()), and
+    /// what Xen keeps of a dead process (its ioreq servers) kept
+    /// (xen::sim::ProcessExit).
     bool kill(xen::DomId domid, int sig = SIGSEGV) {
         auto [id, w] = take_worker(domid);
         if (!w) return false;
-        w->halt();
-        w.reset();
+        {
+            xen::sim::ProcessExit dead;
+            w->halt();
+            w.reset();
+        }
         std::lock_guard lk(mu_);
         entries_[id].exit = WorkerExit{true, sig};
         cv_.notify_all();
@@ -252,7 +259,7 @@ struct Supervised {
         ManagerOptions mo;
         mo.spawn_workers = true;
         mo.spawner = spawner;
-        mo.reap_period = 10ms;
+        mo.reap_period = reap_period;
         mo.restart_backoff = backoff;
         mo.restart_backoff_max = backoff_max;
         mo.restart_limit = limit;
@@ -277,6 +284,7 @@ struct Supervised {
 
     std::chrono::milliseconds backoff{50}, backoff_max{400}, healthy_after{60s};
     std::chrono::milliseconds settle_quiet{250}, settle_max{3000};
+    std::chrono::milliseconds reap_period{10};
     unsigned limit = 3;
     Host h;
     std::shared_ptr<FakeSpawner> spawner;
@@ -424,14 +432,24 @@ TEST(Supervisor, WorkerCrashLeaksNoGrantMapPortOrIoreqServerAndTheRestartServesA
     ASSERT_TRUE(t.value()->notify(0).has_value());
     EXPECT_GT(s.h.sim->resources().ioreq_servers, 0u);
 
+    // The worker recorded its ioreq server for the supervisor.
+    const std::string recorded = ioreq_servers_path(s.h.sim->toolstack_store(), 0, *d1);
+    ASSERT_TRUE(s.h.sim->toolstack_store().read(recorded).has_value());
+
     ASSERT_TRUE(s.spawner->kill(*d1, SIGSEGV));
-    // Released before the restart (the backoff is 600 ms).
-    EXPECT_TRUE(s.h.released()) << "after the crash: " << s.h.resources_text();
-    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 0u);
+    // The kernel's share, at once: no grant mapping or bound port is left.
     EXPECT_EQ(s.h.sim->resources().bound_ports, 0u);
     EXPECT_EQ(s.h.sim->resources().mapped_grant_pages, 0u);
     EXPECT_EQ(s.h.sim->stats().foreign_ram_maps, 0u);
+    // Xen's share: the supervisor destroys the server the dead worker left,
+    // before the restart (the backoff is 600 ms).
     ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_crashed == 1; }));
+    EXPECT_EQ(s.stats().workers_restarted, 0u);
+    EXPECT_EQ(s.stats().stale_ioreq_servers_destroyed, 1u);
+    EXPECT_TRUE(s.h.released()) << "after the crash: " << s.h.resources_text();
+    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 0u);
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
+    EXPECT_FALSE(s.h.sim->toolstack_store().read(recorded).has_value()) << "the record is removed with the server";
 
     // The supervisor restarts it and the guest is served again.
     ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_restarted == 1 && s.spawner->running() == 1; }));
@@ -439,9 +457,36 @@ TEST(Supervisor, WorkerCrashLeaksNoGrantMapPortOrIoreqServerAndTheRestartServesA
     t.value().reset();
     q.value().reset();
     blk_roundtrip(*g, kBase, 33, 16, std::vector<std::byte>(4096, std::byte{0x72}));
+    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 1u) << "only the new worker's server";
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
     g.reset();
     s.h.shutdown();
     EXPECT_TRUE(s.h.released()) << s.h.resources_text();
+}
+
+// The same crash, the guest destroyed before the supervisor looks: Xen took
+// the stale server with the domain; the supervisor destroys nothing, only
+// removes the worker's record.
+TEST(Supervisor, CrashedWorkersServerOfADestroyedGuestGoesWithTheDomain) {
+    TempImage a(4 << 20), b(4 << 20);
+    Supervised s(config_with_blk(a, b), true);
+    s.backoff = 600ms;
+    s.reap_period = 1s;  // the guest is destroyed between the crash and the supervisor's look
+    auto d1 = s.guest_with_blk("g1");
+    ASSERT_TRUE(d1);
+    ASSERT_TRUE(s.start().has_value());
+    ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2"); }));
+    const std::string recorded = ioreq_servers_path(s.h.sim->toolstack_store(), 0, *d1);
+    ASSERT_TRUE(s.h.sim->toolstack_store().read(recorded).has_value());
+    ASSERT_TRUE(s.spawner->kill(*d1, SIGSEGV));
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 1u);
+    ASSERT_TRUE(s.h.sim->destroy_domain(*d1).has_value());
+    ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_crashed == 1; }));
+    EXPECT_EQ(s.stats().stale_ioreq_servers_destroyed, 0u);
+    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 0u);
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
+    EXPECT_FALSE(s.h.sim->toolstack_store().read(recorded).has_value());
+    EXPECT_EQ(s.stats().workers_restarted, 0u);
 }
 
 TEST(Supervisor, DeviceAnnouncedAfterTheGuestStartedGetsAnErrorNodeAndTheOthersKeepWorking) {

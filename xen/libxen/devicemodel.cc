@@ -305,6 +305,16 @@ public:
         return std::unique_ptr<IoreqServer>(std::move(srv));
     }
 
+    Result<void> destroy_ioreq_server(DomId domid, IoServId id) override {
+        errno = 0;
+        // public/hvm/dm_op.h: destroying deregisters every I/O range.
+        if (xendevicemodel_destroy_ioreq_server(h_->dm, domid, id) != 0)
+            return call_error("xendevicemodel_destroy_ioreq_server", errno,
+                              "destroy ioreq server " + std::to_string(id) + " of " + dom_str(domid),
+                              CallKind::DeviceModel);
+        return ok();
+    }
+
     Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) override {
         errno = 0;
         if (xendevicemodel_set_irq_level(h_->dm, domid, irq, level ? 1 : 0) != 0)

@@ -217,6 +217,17 @@ Result<void> Core::destroy_domain(DomId domid) {
         maybe_release_locked(domid);
     }
     for (auto& s : servers) {
+        {
+            // Xen destroys a domain's servers with it: a stale one (its
+            // process died) is gone now; a live one is counted until its
+            // IoreqServer object goes.
+            std::lock_guard lk(mu);
+            if (s->orphaned) {
+                s->orphaned = false;
+                --res.ioreq_servers;
+                --res.stale_ioreq_servers;
+            }
+        }
         std::lock_guard sl(s->mu);
         s->stopped = true;
         s->stop_reason = dom_name(domid) + " was destroyed";

@@ -133,6 +133,9 @@ struct ServerState {
     // Claims (guarded by Core::mu).
     std::vector<std::pair<std::uint64_t, std::uint64_t>> mmio;  ///< inclusive ranges
     std::vector<std::uint32_t> pci;    ///< SBDFs (seg<<16|bus<<8|dev<<3|fn)
+    /// Its IoreqServer object went in a ProcessExit: the server stays in
+    /// Xen until destroy_ioreq_server or the domain's end (Core::mu).
+    bool orphaned = false;
 };
 
 /// One simulated domain.
@@ -183,6 +186,7 @@ struct Domain {
 /// Live resources counted for leak tests.
 struct ResourceCounters {
     std::atomic<std::uint64_t> ioreq_servers{0};
+    std::atomic<std::uint64_t> stale_ioreq_servers{0};  ///< of them: orphaned
     std::atomic<std::uint64_t> bound_ports{0};
     std::atomic<std::uint64_t> mapped_grant_pages{0};
     std::atomic<std::uint64_t> open_handles{0};

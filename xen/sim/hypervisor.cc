@@ -208,6 +208,7 @@ public:
     Resources resources() const override {
         Resources r;
         r.ioreq_servers = core_->res.ioreq_servers;
+        r.stale_ioreq_servers = core_->res.stale_ioreq_servers;
         r.bound_ports = core_->res.bound_ports;
         r.mapped_grant_pages = core_->res.mapped_grant_pages;
         r.open_handles = core_->res.open_handles;

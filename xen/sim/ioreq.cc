@@ -33,24 +33,34 @@ public:
     }
 
     ~IoreqServerImpl() override {
+        bool stays = false;
         {
             std::lock_guard lk(core_->mu);
-            // dm_op.h destroy_ioreq_server: "Any registered I/O ranges will be
-            // automatically deregistered".
             Domain* d = core_->find_locked(st_->domid);
-            if (d) d->servers.erase(std::remove(d->servers.begin(), d->servers.end(), st_), d->servers.end());
-            st_->mmio.clear();
-            st_->pci.clear();
+            const bool in_xen = d && std::find(d->servers.begin(), d->servers.end(), st_) != d->servers.end();
+            if (ProcessExit::active() && in_xen) {
+                // The process died: its ioreq page and ports go with its
+                // descriptors, the server and its ranges stay in Xen.
+                stays = true;
+                st_->orphaned = true;
+                ++core_->res.stale_ioreq_servers;
+            } else {
+                // dm_op.h destroy_ioreq_server: "Any registered I/O ranges
+                // will be automatically deregistered".
+                if (d) d->servers.erase(std::remove(d->servers.begin(), d->servers.end(), st_), d->servers.end());
+                st_->mmio.clear();
+                st_->pci.clear();
+            }
         }
         {
             std::lock_guard sl(st_->mu);
             if (!st_->stopped) {
                 st_->stopped = true;
-                st_->stop_reason = "ioreq server destroyed";
+                st_->stop_reason = stays ? "the process serving the ioreq server died" : "ioreq server destroyed";
             }
             st_->cv.notify_all();
         }
-        --core_->res.ioreq_servers;
+        if (!stays) --core_->res.ioreq_servers;
     }
 
     IoServId id() const override { return st_->id; }
@@ -178,6 +188,37 @@ public:
         return std::unique_ptr<IoreqServer>(std::make_unique<IoreqServerImpl>(core_, std::move(st)));
     }
 
+    Result<void> destroy_ioreq_server(DomId domid, IoServId id) override {
+        const std::string what = "destroy ioreq server " + std::to_string(id) + " of " + dom_name(domid);
+        std::shared_ptr<ServerState> st;
+        {
+            std::lock_guard lk(core_->mu);
+            XV_TRY(core_->check_restrict_locked(domid, restrict_, what.c_str()));
+            auto dr = core_->live_locked(domid, what.c_str());
+            if (!dr) return std::move(dr).error();
+            XV_TRY(core_->check_dm_priv_locked(domid, what.c_str()));
+            auto& list = (*dr)->servers;
+            auto it = std::find_if(list.begin(), list.end(), [id](const auto& s) { return s->id == id; });
+            if (it == list.end()) return errno_error(ENOENT, what + ": no such server");
+            st = *it;
+            list.erase(it);
+            // dm_op.h: "Any registered I/O ranges will be automatically deregistered".
+            st->mmio.clear();
+            st->pci.clear();
+            if (st->orphaned) {
+                // No IoreqServer object is left to count it down.
+                st->orphaned = false;
+                --core_->res.ioreq_servers;
+                --core_->res.stale_ioreq_servers;
+            }
+        }
+        std::lock_guard sl(st->mu);
+        st->stopped = true;
+        st->stop_reason = "ioreq server destroyed";
+        st->cv.notify_all();
+        return ok();
+    }
+
     Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) override {
         IrqEvent ev;
         ev.kind = IrqEvent::Spi;
@@ -232,6 +273,8 @@ private:
     std::optional<DomId> restrict_;  ///< guarded by Core::mu
 };
 
+thread_local unsigned t_process_exit = 0;
+
 }  // namespace
 
 std::unique_ptr<DeviceModel> make_device_model(std::shared_ptr<Core> core) {
@@ -239,3 +282,11 @@ std::unique_ptr<DeviceModel> make_device_model(std::shared_ptr<Core> core) {
 }
 
 }  // namespace xv::xen::sim::detail
+
+namespace xv::xen::sim {
+
+ProcessExit::ProcessExit() { ++detail::t_process_exit; }
+ProcessExit::~ProcessExit() { --detail::t_process_exit; }
+bool ProcessExit::active() { return detail::t_process_exit > 0; }
+
+}  // namespace xv::xen::sim

@@ -293,8 +293,24 @@ TEST_F(MmioTest, PollingServesBackToBackAccessesWithoutWakeUps) {
     // Without polling every access is a wake-up of its own; a host too busy
     // to trap again within 2 s may add a few.
     EXPECT_LT(after.wakeups - before.wakeups, kAccesses / 4);
+    // What the wake-ups did not serve, the poll did, and says so.
+    EXPECT_GE(after.polled - before.polled, kAccesses / 2);
+    EXPECT_LE(after.polled - before.polled, kAccesses);
     h_->shutdown();
     EXPECT_EQ(h_->loop->state(), transport::IoreqLoop::State::Stopped);
+}
+
+// Without set_poll every ioreq is served after a wake-up; none is counted
+// as polled.
+TEST_F(MmioTest, WithoutPollingNothingIsServedByThePoll) {
+    EXPECT_EQ(h_->loop->poll_window(), std::chrono::microseconds(0));
+    for (unsigned i = 0; i < 50; ++i) ASSERT_EQ(*rd(0x008, 4), 42u) << "access " << i;
+    const auto s = h_->loop->stats();
+    EXPECT_GE(s.served, 50u);
+    EXPECT_EQ(s.polled, 0u);
+    h_->loop->set_poll(std::chrono::microseconds(75));
+    EXPECT_EQ(h_->loop->poll_window(), std::chrono::microseconds(75));
+    h_->shutdown();
 }
 
 // Orderly stop with requests in flight: quiesce, unmap, destroy.

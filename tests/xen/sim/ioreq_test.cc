@@ -269,6 +269,78 @@ TEST_F(IoreqFixture, DestroyedServerFailsWaitingVcpu) {
     EXPECT_NE(r.error().message.find("data abort"), std::string::npos);
 }
 
+// A process that dies does not destroy its ioreq server: Xen keeps it, its
+// ranges claimed, until destroy_ioreq_server (or the domain's end). The
+// process's objects going inside a ProcessExit model that.
+TEST_F(IoreqFixture, ServerOfADeadProcessStaysUntilDestroyed) {
+    auto s = server();
+    ASSERT_TRUE(s);
+    const IoServId id = s->id();
+    ASSERT_TRUE(s->map_mmio(0x1000, 0x1fff));
+    {
+        ProcessExit dead;
+        EXPECT_TRUE(ProcessExit::active());
+        s.reset();
+    }
+    EXPECT_FALSE(ProcessExit::active());
+    EXPECT_EQ(hv->resources().ioreq_servers, 1u);
+    EXPECT_EQ(hv->resources().stale_ioreq_servers, 1u);
+    // Its range is still taken; the guest's access is not answered.
+    auto again = server();
+    ASSERT_TRUE(again);
+    auto e = again->map_mmio(0x1000, 0x1fff);
+    ASSERT_FALSE(e);
+    EXPECT_EQ(e.error().code, std::errc::file_exists);
+    EXPECT_FALSE(g->mmio_read(0, 0x1000, 4));
+
+    // Destroyed by id (another handle, as a supervisor would): the range is free.
+    auto other = hv->open_device_model();
+    ASSERT_TRUE(other);
+    ASSERT_TRUE((*other)->destroy_ioreq_server(domid, id));
+    EXPECT_EQ(hv->resources().stale_ioreq_servers, 0u);
+    EXPECT_EQ(hv->resources().ioreq_servers, 1u);  // `again`
+    auto twice = (*other)->destroy_ioreq_server(domid, id);
+    ASSERT_FALSE(twice);
+    EXPECT_EQ(twice.error().code, std::errc::no_such_file_or_directory);
+    EXPECT_TRUE(again->map_mmio(0x1000, 0x1fff));
+    again.reset();
+    EXPECT_EQ(hv->resources().ioreq_servers, 0u);
+}
+
+// A restricted handle destroys only its own domain's servers; a live
+// server destroyed by id stops serving and is counted until its object goes.
+TEST_F(IoreqFixture, DestroyByIdRespectsRestrictionAndStopsALiveServer) {
+    auto s = server();
+    ASSERT_TRUE(s && s->map_mmio(0x1000, 0x1fff));
+    auto other = hv->open_device_model();
+    ASSERT_TRUE(other);
+    ASSERT_TRUE((*other)->restrict_to(DomId(domid + 1)));
+    auto r = (*other)->destroy_ioreq_server(domid, s->id());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, std::errc::operation_not_permitted);
+    ASSERT_TRUE(dm->destroy_ioreq_server(domid, s->id()));
+    EXPECT_FALSE(s->serve_pending({}));
+    EXPECT_EQ(hv->resources().ioreq_servers, 1u);
+    EXPECT_EQ(hv->resources().stale_ioreq_servers, 0u);
+    s.reset();
+    EXPECT_EQ(hv->resources().ioreq_servers, 0u);
+}
+
+// The domain's end takes a stale server with it.
+TEST_F(IoreqFixture, DomainDestroyTakesAStaleServer) {
+    auto s = server();
+    ASSERT_TRUE(s && s->map_mmio(0x1000, 0x1fff));
+    {
+        ProcessExit dead;
+        s.reset();
+    }
+    EXPECT_EQ(hv->resources().stale_ioreq_servers, 1u);
+    g.reset();
+    ASSERT_TRUE(hv->destroy_domain(domid));
+    EXPECT_EQ(hv->resources().ioreq_servers, 0u);
+    EXPECT_EQ(hv->resources().stale_ioreq_servers, 0u);
+}
+
 TEST_F(IoreqFixture, IrqEdgesAndWaiters) {
     std::vector<IrqEvent> cb_seen;
     std::mutex mu;

@@ -56,7 +56,8 @@ std::shared_ptr<IoreqLoop> IoreqLoop::wrap(boost::asio::any_io_executor ex, std:
 }
 
 IoreqLoop::IoreqLoop(boost::asio::any_io_executor ex, std::unique_ptr<xen::IoreqServer> server)
-    : ex_(ex), strand_(boost::asio::make_strand(ex)), server_(std::move(server)), domid_(server_->domid()), sd_(ex) {
+    : ex_(ex), strand_(boost::asio::make_strand(ex)), server_(std::move(server)), domid_(server_->domid()),
+      server_id_(server_->id()), sd_(ex) {
     // A duplicate, so that closing the descriptor never closes the
     // server's own fd.
     int fd = ::dup(server_->fd());
@@ -231,7 +232,7 @@ void IoreqLoop::poll_for_more() {
     // from its other work (stop, region changes).
     for (unsigned serves = 0; serves < kMaxPollServes && state_ != State::Stopped;) {
         if (readable_now()) {
-            serve_now();
+            polled_ += serve_now();
             ++serves;
             until = clock::now() + window;
             continue;
@@ -243,14 +244,15 @@ void IoreqLoop::poll_for_more() {
     }
 }
 
-void IoreqLoop::serve_now() {
-    if (!server_) return;
+unsigned IoreqLoop::serve_now() {
+    if (!server_) return 0;
     auto r = server_->serve_pending([this](const xen::IoRequest& req) { return handle(req); });
     if (!r) {
         XV_LOG_LIMITED(rl_, spdlog::level::err, "dom{}: serving ioreqs failed: {}", domid_, r.error().describe());
-        return;
+        return 0;
     }
     served_ += *r;
+    return *r;
 }
 
 std::uint64_t IoreqLoop::handle(const xen::IoRequest& req) {
@@ -379,6 +381,7 @@ IoreqLoop::Stats IoreqLoop::stats() const {
     s.wakeups = wakeups_;
     s.unclaimed = unclaimed_;
     s.malformed = malformed_;
+    s.polled = polled_;
     return s;
 }
 

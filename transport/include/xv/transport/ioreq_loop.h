@@ -55,6 +55,7 @@ public:
         std::uint64_t wakeups = 0;    ///< fd readiness events handled
         std::uint64_t unclaimed = 0;  ///< addresses nothing claims
         std::uint64_t malformed = 0;  ///< data_is_ptr, count > 1, bad size, bad type
+        std::uint64_t polled = 0;     ///< ioreqs served by the poll window (set_poll), without a wake-up
     };
 
     /// Creates the ioreq server of `domid` through `dm` (which must outlive
@@ -89,6 +90,10 @@ public:
     /// up to `window` after the last access. One poll round serves at most
     /// kMaxPollServes rounds before the strand runs other work.
     void set_poll(std::chrono::microseconds window) noexcept { poll_ns_ = std::int64_t(window.count()) * 1000; }
+    /// The window set_poll() set.
+    std::chrono::microseconds poll_window() const noexcept {
+        return std::chrono::microseconds(poll_ns_.load(std::memory_order_relaxed) / 1000);
+    }
     static constexpr unsigned kMaxPollServes = 256;
 
     /// Routes and answers one ioreq (what serve_pending calls; public for
@@ -98,6 +103,8 @@ public:
     State state() const { return state_.load(); }
     Stats stats() const;
     xen::DomId domid() const noexcept { return domid_; }
+    /// The id of the loop's ioreq server in Xen (the same after stop()).
+    xen::IoServId server_id() const noexcept { return server_id_; }
     /// The strand that serves the ioreqs.
     boost::asio::strand<boost::asio::any_io_executor>& strand() noexcept { return strand_; }
 
@@ -112,7 +119,7 @@ private:
 
     void arm();
     void on_ready();
-    void serve_now();
+    unsigned serve_now();
     void poll_for_more();
     bool readable_now() const;
     void drain_extra();
@@ -126,6 +133,7 @@ private:
     boost::asio::strand<boost::asio::any_io_executor> strand_;
     std::unique_ptr<xen::IoreqServer> server_;
     xen::DomId domid_;
+    xen::IoServId server_id_;
     boost::asio::posix::stream_descriptor sd_;
     std::atomic<State> state_{State::Created};
 
@@ -134,7 +142,7 @@ private:
     std::unordered_map<std::uint32_t, std::shared_ptr<PciTransport>> pci_;
     std::vector<std::function<void(std::function<void()>)>> quiescers_;
 
-    std::atomic<std::uint64_t> served_{0}, wakeups_{0}, unclaimed_{0}, malformed_{0};
+    std::atomic<std::uint64_t> served_{0}, wakeups_{0}, unclaimed_{0}, malformed_{0}, polled_{0};
     std::atomic<std::int64_t> poll_ns_{0};  ///< set_poll()
     log::RateLimit rl_;
 };

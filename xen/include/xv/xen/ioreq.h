@@ -93,6 +93,13 @@ public:
     /// (never needed by virtio; kept for completeness).
     virtual Result<std::unique_ptr<IoreqServer>> create_ioreq_server(DomId domid, bool buffered = false) = 0;
 
+    /// Destroys ioreq server `id` of `domid` (XEN_DMOP_destroy_ioreq_server;
+    /// its ranges are deregistered with it). For a server whose IoreqServer
+    /// object is gone without destroying it: Xen keeps a server until the
+    /// domain dies or this call, whatever happens to the process that
+    /// created it. ENOENT when there is no such server.
+    virtual Result<void> destroy_ioreq_server(DomId domid, IoServId id) = 0;
+
     /// Arm: sets the level of an SPI of the guest (edge lines: raise, lower).
     virtual Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) = 0;
     /// x86: injects an MSI.

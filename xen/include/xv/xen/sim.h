@@ -209,6 +209,24 @@ struct VirtioDiskSpec {
     std::uint32_t irq = 33;
 };
 
+/// While one is alive on a thread, backend objects destroyed on that
+/// thread are released the way the kernel releases a dead process's
+/// descriptors, not by our code's orderly calls: grant maps and event
+/// channels go with their handles, but an ioreq server stays in Xen, its
+/// ranges still claimed and its vCPU accesses unanswered, until
+/// DeviceModel::destroy_ioreq_server or the domain's destruction
+/// (public/hvm/dm_op.h; Xen keeps no link from a server to a process).
+/// Tests wrap the teardown of a "killed" worker in one.
+class ProcessExit {
+public:
+    ProcessExit();
+    ~ProcessExit();
+    ProcessExit(const ProcessExit&) = delete;
+    ProcessExit& operator=(const ProcessExit&) = delete;
+    /// True on a thread inside a ProcessExit.
+    static bool active();
+};
+
 /// The simulated hypervisor. Create with SimHypervisor::create().
 class SimHypervisor : public Hypervisor {
 public:
@@ -249,7 +267,8 @@ public:
 
     /// Live resources held by backends (for leak tests).
     struct Resources {
-        std::uint64_t ioreq_servers = 0;
+        std::uint64_t ioreq_servers = 0;        ///< every server in Xen, stale ones too
+        std::uint64_t stale_ioreq_servers = 0;  ///< of them: left by a dead process (ProcessExit)
         std::uint64_t bound_ports = 0;
         std::uint64_t mapped_grant_pages = 0;
         std::uint64_t open_handles = 0;
