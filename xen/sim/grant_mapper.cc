@@ -13,7 +13,10 @@
 // Cost: a map or unmap takes the handle's mutex and the guest's grant_mu,
 // not Core::mu (the handle remembers the last guest it mapped; the
 // restriction and XSM checks need no lock), builds no string unless it
-// fails, and allocates nothing once its slots are warm.
+// fails, and allocates nothing once its slots are warm. A mapping keeps
+// its guest's memory alive through the handle's pin on that guest (one
+// shared reference per guest with a count of its live mappings, under the
+// handle's mutex), not a shared reference of its own.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -27,7 +30,7 @@ namespace {
 
 /// One live mapping made by a GrantMapperImpl (a slot; cookie = index + 1).
 struct MapRecord {
-    std::shared_ptr<Domain> dom;   ///< keeps the guest's memory alive
+    Domain* dom = nullptr;         ///< its guest, kept alive by the handle's pin on it
     std::vector<GrantRef> refs;    ///< capacity kept when the slot is reused
     std::byte* addr = nullptr;     ///< what GrantMapping::data() returns
     std::byte* own[2] = {nullptr, nullptr};  ///< own mmaps (RO part, RW part), munmapped on release
@@ -160,8 +163,7 @@ protected:
         // go with its last one; `cur` is the current run's guest, `held` the
         // earlier runs'), own mmaps, destroyed guests to drop. Only `cur`
         // is used when one guest's views are released: no allocation.
-        std::shared_ptr<Domain> cur;
-        std::vector<std::shared_ptr<Domain>> held;
+        std::vector<std::shared_ptr<Domain>> held;  // guests whose last mapping went (pin dropped)
         std::vector<std::pair<std::byte*, std::size_t>> own;
         std::vector<std::shared_ptr<Domain>> zombies;
         std::size_t pages = 0;
@@ -170,8 +172,8 @@ protected:
             std::lock_guard lk(mu_);
             Domain* locked = nullptr;
             std::unique_lock<std::mutex> g;
-            auto end_run = [&] {  // grant_mu of `locked` (cur) is held
-                if (locked && locked->dying && locked->mapped_pages == 0) zombies.push_back(cur);
+            auto end_run = [&] {  // grant_mu of `locked` is held
+                if (locked && locked->dying && locked->mapped_pages == 0) zombies.push_back(shared_of(locked, held));
             };
             for (const Unmap& m : maps) {
                 std::size_t slot = SIZE_MAX;
@@ -184,17 +186,16 @@ protected:
                 }
                 if (slot >= slots_.size() || !slots_[slot].live) continue;
                 MapRecord& rec = slots_[slot];
-                if (rec.dom.get() != locked) {
+                if (rec.dom != locked) {
                     end_run();
                     if (g) g.unlock();
-                    if (cur) held.push_back(std::move(cur));
-                    cur = std::move(rec.dom);
-                    locked = cur.get();
+                    locked = rec.dom;
                     g = std::unique_lock(locked->grant_mu);
-                } else {
-                    rec.dom.reset();  // cur keeps the guest
                 }
+                rec.dom = nullptr;
                 pages += free_slot_locked(slot, *locked, [&](std::byte* a, std::size_t len) { own.emplace_back(a, len); });
+                // The guest stays alive (in `held`) until the locks are gone.
+                if (auto last = unpin_locked(locked)) held.push_back(std::move(last));
                 any = true;
             }
             end_run();
@@ -299,36 +300,35 @@ private:
         if (total > kMaxBatch) return errno_error(E2BIG, what() + ": too many refs");
         if (total > refs.size()) return errno_error(EINVAL, what() + ": entries name more refs than given");
         refs = refs.first(total);
-        thread_local std::vector<std::uint64_t> gfns;
+        std::vector<std::uint64_t>& gfns = gfns_;
         gfns.resize(total);
         std::shared_ptr<Domain> dom;
         {
             auto g = lock_guest(domid, what, dom);
             if (!g) return std::move(g).error();
             Domain& d = *dom;
+            // One pass: each ref is checked, then counted; a bad ref takes
+            // back the counts of the refs before it (checked, so neither
+            // revoked nor freed meanwhile: grant_mu is held).
             std::size_t at = 0;
             for (const auto& e : entries) {
                 for (std::uint32_t i = 0; i < e.ro + e.rw; ++i, ++at) {
                     const bool writable = i >= e.ro;
-                    if (auto f = check_ref(d, refs[at], writable); f != RefFault::None)
+                    if (auto f = check_ref(d, refs[at], writable); f != RefFault::None) {
+                        for (std::size_t j = 0; j < at; ++j) --d.grants[refs[j]].map_count;
                         return ref_error(f, d, refs[at], what() + ", ref " + std::to_string(refs[at]));
+                    }
+                    GrantEntry& ge = d.grants[refs[at]];
+                    ++ge.map_count;
+                    gfns[at] = ge.gfn;
                 }
-            }
-            for (std::size_t i = 0; i < total; ++i) {
-                GrantEntry& ge = d.grants[refs[i]];
-                ++ge.map_count;
-                gfns[i] = ge.gfn;
             }
             d.mapped_pages += total;
         }
         // Place every part: a view into premapped guest RAM when its frames
         // are contiguous (RW: the guest's own RW mapping; RO: a PROT_READ
         // view), or, with protect_pages, an mmap of exactly its frames.
-        struct Placed {
-            std::byte* addr[2] = {nullptr, nullptr};
-            bool own[2] = {false, false};
-        };
-        thread_local std::vector<Placed> placed;
+        std::vector<Placed>& placed = placed_;
         placed.assign(entries.size(), Placed{});
         std::size_t at = 0;
         for (std::size_t k = 0; k < entries.size(); ++k) {
@@ -365,6 +365,7 @@ private:
             }
         }
         std::size_t pos = 0;
+        std::size_t slots = 0;
         for (std::size_t k = 0; k < entries.size(); ++k) {
             GrantBatchEntry& e = entries[k];
             if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
@@ -377,7 +378,8 @@ private:
                 slots_.emplace_back();
             }
             MapRecord& rec = slots_[slot];
-            rec.dom = dom;
+            rec.dom = dom.get();
+            ++slots;
             rec.refs.assign(refs.begin() + std::ptrdiff_t(pos), refs.begin() + std::ptrdiff_t(pos + e.ro + e.rw));
             pos += std::size_t(e.ro) + e.rw;
             for (int p = 0; p < 2; ++p) {
@@ -390,6 +392,7 @@ private:
             e.rw_addr = placed[k].addr[1];
             e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
         }
+        pin_locked(dom, slots);
         stats_.pages_mapped += total;
         core_->stats.grant_pages_mapped.fetch_add(total, std::memory_order_relaxed);
         core_->res.mapped_grant_pages.fetch_add(total, std::memory_order_relaxed);
@@ -487,7 +490,7 @@ private:
     }
 
     void release(std::uint64_t cookie, bool count_call) noexcept {
-        std::shared_ptr<Domain> dom;
+        std::shared_ptr<Domain> dom;  // set when the guest's pin goes, or for a zombie
         std::pair<std::byte*, std::size_t> own[2]{};
         int n_own = 0;
         std::size_t pages;
@@ -496,13 +499,17 @@ private:
             std::lock_guard lk(mu_);
             const std::size_t slot = cookie - 1;
             if (slot >= slots_.size() || !slots_[slot].live) return;
-            dom = std::move(slots_[slot].dom);
+            Domain* d = slots_[slot].dom;
+            slots_[slot].dom = nullptr;
             {
-                std::lock_guard g(dom->grant_mu);
-                pages = free_slot_locked(slot, *dom, [&](std::byte* a, std::size_t len) { own[n_own++] = {a, len}; });
+                std::lock_guard g(d->grant_mu);
+                pages = free_slot_locked(slot, *d, [&](std::byte* a, std::size_t len) { own[n_own++] = {a, len}; });
                 // The last unmap of a destroyed domain's grants releases the zombie.
-                released = dom->dying && dom->mapped_pages == 0;
+                released = d->dying && d->mapped_pages == 0;
+                if (released) dom = shared_of(d, {});
             }
+            // Dropped (if it was the last reference) only after the locks.
+            if (auto last = unpin_locked(d)) dom = std::move(last);
             stats_.pages_unmapped += pages;
             if (count_call) ++stats_.unmap_calls;
         }
@@ -512,8 +519,46 @@ private:
         if (released) release_zombie(dom);
     }
 
+    /// The handle's reference on a guest it has live mappings of.
+    struct Pin {
+        std::shared_ptr<Domain> dom;
+        std::size_t slots = 0;  ///< live mappings (slots) of that guest
+    };
+    /// Adds `slots` live mappings of `dom` to its pin (mu_ held).
+    void pin_locked(const std::shared_ptr<Domain>& dom, std::size_t slots) {
+        if (slots == 0) return;
+        for (Pin& p : pins_)
+            if (p.dom == dom) {
+                p.slots += slots;
+                return;
+            }
+        pins_.push_back(Pin{dom, slots});
+    }
+    /// One live mapping of `d` gone (mu_ held): its pin's reference when it
+    /// was the last (to drop after the locks), else null.
+    std::shared_ptr<Domain> unpin_locked(Domain* d) noexcept {
+        for (std::size_t i = 0; i < pins_.size(); ++i) {
+            if (pins_[i].dom.get() != d) continue;
+            if (--pins_[i].slots != 0) return nullptr;
+            std::shared_ptr<Domain> last = std::move(pins_[i].dom);
+            pins_[i] = std::move(pins_.back());
+            pins_.pop_back();
+            return last;
+        }
+        return nullptr;
+    }
+    /// A shared reference to `d`, a guest pinned by this handle or in `held` (mu_ held).
+    std::shared_ptr<Domain> shared_of(Domain* d, std::span<const std::shared_ptr<Domain>> held) const {
+        for (const Pin& p : pins_)
+            if (p.dom.get() == d) return p.dom;
+        for (const auto& h : held)
+            if (h.get() == d) return h;
+        return nullptr;
+    }
+
     std::shared_ptr<Core> core_;
     mutable std::mutex mu_;  ///< guards everything below (held across a whole map)
+    std::vector<Pin> pins_;  ///< one per guest with live mappings
     GrantStats stats_;
     std::weak_ptr<Domain> guest_;  ///< the guest mapped last
     DomId guest_id_ = 0;
@@ -521,6 +566,12 @@ private:
     std::vector<MapRecord> slots_;
     std::vector<std::uint32_t> free_;
     std::vector<RoView> views_;
+    std::vector<std::uint64_t> gfns_;  ///< map_locked() scratch: the frames of its refs
+    struct Placed {
+        std::byte* addr[2] = {nullptr, nullptr};
+        bool own[2] = {false, false};
+    };
+    std::vector<Placed> placed_;       ///< map_locked() scratch: where each entry's parts went
 };
 
 }  // namespace
