@@ -51,6 +51,7 @@ struct Req {
     std::uint32_t data_len = 0;
     enum { Ok, Fail, Any } expect = Ok;  ///< what the generator made of it
     bool has_status = true;
+    bool reframed = false;  ///< short header read on from the next buffers: what it did is unknown
     std::byte fill{0};  ///< OUT data byte
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  ///< WRITE_ZEROES/DISCARD (sector, count)
 };
@@ -82,11 +83,13 @@ std::vector<Piece> build(FuzzedDataProvider& in, Disk& d, std::uint64_t features
         if (rw && (r.sector >= kSectors || kSectors - r.sector < nsec)) fail();
     }
     std::vector<Piece> ps;
+    bool short_header = false;
     std::vector<std::byte> hdr;
     put(hdr, OutHdr{r.type, 0, r.sector});
     if (one_in(in, 16)) {
         hdr.resize(in.ConsumeIntegralInRange<std::size_t>(0, 15));  // short header
         fail();
+        short_header = true;
     }
     if (!hdr.empty() && one_in(in, 4)) {  // header over two buffers
         std::size_t cut = in.ConsumeIntegralInRange<std::size_t>(1, hdr.size());
@@ -177,6 +180,19 @@ std::vector<Piece> build(FuzzedDataProvider& in, Disk& d, std::uint64_t features
         ps.back().len += 1;  // status in the last data buffer
     } else {
         ps.push_back(Piece::out(1));
+    }
+    if (short_header) {
+        // virtio 1.2 §2.6.4 (message framing): the device reads the header
+        // from the first 16 device-readable bytes, wherever the buffers end.
+        // A short header followed by more readable bytes (segments, data) is
+        // another, possibly well-formed, request; only too few bytes in all
+        // must fail.
+        std::size_t readable = 0;
+        for (const auto& p : ps) readable += p.write ? 0 : p.data.size();
+        if (readable >= sizeof(OutHdr)) {
+            r.expect = Req::Any;
+            r.reframed = true;
+        }
     }
     return ps;
 }
@@ -287,6 +303,10 @@ void run(FuzzedDataProvider& in) {
             const bool ok = st != outcome.end() && st->second == blk::kStatusOk;
             span_of(r, [&](std::uint64_t s0, std::uint64_t c) {
                 for (std::uint64_t s = s0; s < s0 + c && s < kSectors; ++s) {
+                    if (r.reframed) {
+                        d.known[s] = false;
+                        continue;
+                    }
                     if (!ok || racy(s) || r.type == blk::req::kDiscard || r.type != blk::req::kOut) {
                         // WRITE_ZEROES reads back zeroes (virtio 1.2 §5.2.6.2).
                         if (ok && !racy(s) && r.type == blk::req::kWriteZeroes) {
