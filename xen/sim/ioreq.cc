@@ -164,16 +164,24 @@ public:
     explicit DeviceModelImpl(std::shared_ptr<Core> core) : core_(std::move(core)) { ++core_->res.open_handles; }
     ~DeviceModelImpl() override { --core_->res.open_handles; }
 
+    /// What every device-model op on `domid` checks first, with core_->mu
+    /// held: the handle's restriction, a live domain, device-model privilege.
+    Result<Domain*> dm_domain_locked(DomId domid, const char* what) const {
+        XV_TRY(core_->check_restrict_locked(domid, restrict_, what));
+        auto dr = core_->live_locked(domid, what);
+        if (!dr) return std::move(dr).error();
+        XV_TRY(core_->check_dm_priv_locked(domid, what));
+        return dr;
+    }
+
     Result<std::unique_ptr<IoreqServer>> create_ioreq_server(DomId domid, bool buffered) override {
         (void)buffered;  // xen-facts §2.5: virtio never needs buffered ioreqs; none are sent
         std::string what = "create ioreq server for " + dom_name(domid);
         std::shared_ptr<ServerState> st;
         {
             std::lock_guard lk(core_->mu);
-            XV_TRY(core_->check_restrict_locked(domid, restrict_, what.c_str()));
-            auto dr = core_->live_locked(domid, what.c_str());
+            auto dr = dm_domain_locked(domid, what.c_str());
             if (!dr) return std::move(dr).error();
-            XV_TRY(core_->check_dm_priv_locked(domid, what.c_str()));
             // lab-notes.md: under SILO the per-vCPU event channel is refused.
             XV_TRY(core_->check_xsm_locked(domid, what.c_str()));
             Domain& d = **dr;
@@ -193,10 +201,8 @@ public:
         std::shared_ptr<ServerState> st;
         {
             std::lock_guard lk(core_->mu);
-            XV_TRY(core_->check_restrict_locked(domid, restrict_, what.c_str()));
-            auto dr = core_->live_locked(domid, what.c_str());
+            auto dr = dm_domain_locked(domid, what.c_str());
             if (!dr) return std::move(dr).error();
-            XV_TRY(core_->check_dm_priv_locked(domid, what.c_str()));
             auto& list = (*dr)->servers;
             auto it = std::find_if(list.begin(), list.end(), [id](const auto& s) { return s->id == id; });
             if (it == list.end()) return errno_error(ENOENT, what + ": no such server");
@@ -247,10 +253,8 @@ public:
 
     Result<unsigned> nr_vcpus(DomId domid) override {
         std::lock_guard lk(core_->mu);
-        XV_TRY(core_->check_restrict_locked(domid, restrict_, "nr_vcpus"));
-        auto dr = core_->live_locked(domid, "nr_vcpus");
+        auto dr = dm_domain_locked(domid, "nr_vcpus");
         if (!dr) return std::move(dr).error();
-        XV_TRY(core_->check_dm_priv_locked(domid, "nr_vcpus"));
         return (*dr)->vcpus;
     }
 
