@@ -28,7 +28,18 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-#include <xen/gntalloc.h>
+
+// The gntalloc device's ioctl ABI (Linux UAPI, include/uapi/xen/gntalloc.h),
+// declared here: outside xen/ the project includes no Xen header.
+struct gntalloc_alloc {
+    uint16_t domid;    // the domain the pages are granted to
+    uint16_t flags;    // GNTALLOC_WRITABLE: the grantee may write
+    uint32_t count;    // number of pages
+    uint64_t index;    // out: the mmap offset of the pages
+    uint32_t gref_ids[1];  // out: one grant reference per page (count of them)
+};
+#define GNTALLOC_WRITABLE 1
+#define GNTALLOC_ALLOC_GREF _IOC(_IOC_NONE, 'G', 5, sizeof(struct gntalloc_alloc))
 
 // virtio 1.2 §4.2.2 (virtio-mmio register layout)
 enum {
@@ -214,11 +225,11 @@ int main(int argc, char **argv) {
     // Queue memory: granted to domain 0 (the backend).
     int ga = open("/dev/xen/gntalloc", O_RDWR);
     if (ga < 0) fail("nb-setup", "open /dev/xen/gntalloc: %s", strerror(errno));
-    struct ioctl_gntalloc_alloc_gref *a = calloc(1, sizeof *a + NPAGES * sizeof(uint32_t));
+    struct gntalloc_alloc *a = calloc(1, sizeof *a + NPAGES * sizeof(uint32_t));
     a->domid = 0;
-    a->flags = GNTALLOC_FLAG_WRITABLE;
+    a->flags = GNTALLOC_WRITABLE;
     a->count = NPAGES;
-    if (ioctl(ga, IOCTL_GNTALLOC_ALLOC_GREF, a) != 0) fail("nb-setup", "IOCTL_GNTALLOC_ALLOC_GREF: %s", strerror(errno));
+    if (ioctl(ga, GNTALLOC_ALLOC_GREF, a) != 0) fail("nb-setup", "IOCTL_GNTALLOC_ALLOC_GREF: %s", strerror(errno));
     memcpy(grefs, a->gref_ids, sizeof grefs);
     mem = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, ga, (off_t)a->index);
     if (mem == MAP_FAILED) fail("nb-setup", "mmap gntalloc: %s", strerror(errno));
