@@ -232,7 +232,7 @@ void IoreqLoop::poll_for_more() {
     // from its other work (stop, region changes).
     for (unsigned serves = 0; serves < kMaxPollServes && state_ != State::Stopped;) {
         if (readable_now()) {
-            polled_ += serve_now();
+            serve_now(/*polled=*/true);
             ++serves;
             until = clock::now() + window;
             continue;
@@ -244,14 +244,19 @@ void IoreqLoop::poll_for_more() {
     }
 }
 
-unsigned IoreqLoop::serve_now() {
+unsigned IoreqLoop::serve_now(bool polled) {
     if (!server_) return 0;
-    auto r = server_->serve_pending([this](const xen::IoRequest& req) { return handle(req); });
+    // Counted before the answer is handed back: a vCPU (or a test) that
+    // sees its access completed also sees it counted.
+    auto r = server_->serve_pending([this, polled](const xen::IoRequest& req) {
+        ++served_;
+        if (polled) ++polled_;
+        return handle(req);
+    });
     if (!r) {
         XV_LOG_LIMITED(rl_, spdlog::level::err, "dom{}: serving ioreqs failed: {}", domid_, r.error().describe());
         return 0;
     }
-    served_ += *r;
     return *r;
 }
 

@@ -119,7 +119,7 @@ private:
 
     void arm();
     void on_ready();
-    unsigned serve_now();
+    unsigned serve_now(bool polled = false);  ///< polled: found by poll_for_more()
     void poll_for_more();
     bool readable_now() const;
     void drain_extra();
