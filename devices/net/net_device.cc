@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only
 // virtio-net over a tap (virtio 1.2 §5.1): tx/rx data path, control queue.
-#include <liburing.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -104,45 +103,12 @@ constexpr unsigned kTxBatch = 64;  // chains popped (and grant-mapped) together
 /// tx_state of a chain of the current batch.
 constexpr std::uint8_t kTxPending = 0;  ///< to be written to the tap
 constexpr std::uint8_t kTxDone = 1;     ///< written, refused or invalid: only its used entry is left
-/// Header + frame up to this size go to the tap through io_uring as one
-/// copied buffer (a plain write: no iovec list for the kernel to import).
-constexpr std::size_t kTxSmall = 256;
-/// Consecutive frames the ring could not write (but writev() could) before
-/// the pair stops using it.
-constexpr unsigned kTxRingGiveUp = 64;
-
-/// A pair's io_uring for tap writes: the frames of a batch go to the tap in
-/// one io_uring_enter() instead of one writev() each.
-struct TxRing {
-    io_uring ring{};
-    bool live = false;     ///< ring set up (io_uring_queue_exit at destruction)
-    bool fixed = false;    ///< the tap fd is registered (IOSQE_FIXED_FILE, index 0)
-    unsigned misses = 0;   ///< consecutive frames the ring could not write
-
-    TxRing() = default;
-    TxRing(const TxRing&) = delete;
-    TxRing& operator=(const TxRing&) = delete;
-    ~TxRing() {
-        if (live) io_uring_queue_exit(&ring);
-    }
-
-    /// A ring of kTxBatch entries for `fd`; null where io_uring is not allowed.
-    static std::unique_ptr<TxRing> open(int fd) {
-        auto r = std::make_unique<TxRing>();
-        io_uring_params prm{};
-        // SUBMIT_ALL: one bad request does not stop the others (Linux 5.18).
-        prm.flags = IORING_SETUP_SUBMIT_ALL;
-        int e = io_uring_queue_init_params(kTxBatch, &r->ring, &prm);
-        if (e == -EINVAL) {
-            prm = {};
-            e = io_uring_queue_init_params(kTxBatch, &r->ring, &prm);
-        }
-        if (e < 0) return nullptr;
-        r->live = true;
-        r->fixed = io_uring_register_files(&r->ring, &fd, 1) == 0;
-        return r;
-    }
-};
+/// Header + frame up to this size are copied into one buffer and go to
+/// the tap with one write(): cheaper than the kernel importing and walking
+/// a two-piece iovec list (measured on Linux 6.18: a 1514-byte frame costs
+/// about 17 ns less, a 64-byte one about 40 ns less). Larger frames (TSO)
+/// go with writev() straight from the grant pages.
+constexpr std::size_t kTxCopy = 2048;
 constexpr unsigned kRxBudget = 256;
 constexpr unsigned kRxBatch = 64;  // rx chains popped (and grant-mapped) together
 
@@ -222,14 +188,8 @@ struct Pair {
     std::vector<iovec> tx_iov;          ///< the writev list, kept between frames
     std::vector<std::byte> tx_bounce;
     std::vector<std::uint8_t> tx_state;  ///< per chain of tx_batch: kTxPending / kTxDone
-    /// One ring request: chain index in tx_batch, its iovecs in tx_iov.
-    struct TxReq {
-        std::uint32_t chain, iov_at, iov_n;
-    };
-    std::vector<TxReq> tx_reqs;
-    std::vector<std::byte> tx_small;  ///< kTxBatch slots of kTxSmall bytes for small frames
+    std::vector<std::byte> tx_copy;  ///< kTxCopy bytes: header + frame of a small frame
     std::uint64_t tx_sent_frames = 0, tx_sent_bytes = 0;  ///< counted at the next flush
-    std::unique_ptr<TxRing> tx_ring;  ///< null: one writev() per frame
 };
 
 /// Everything of one activation (activate .. reset).
@@ -268,8 +228,6 @@ private:
     NetError tx_prepare(DescriptorChain& c, VirtioNetHdr& hdr, std::uint32_t& frame_len);
     void tx_arm(Pair& p);
     void tx_flush(Pair& p, bool& pushed);
-    /// Writes the pending frames of the batch through the pair's io_uring.
-    void tx_submit(Pair& p);
     /// Writes frame `i` of the batch with writev(); false when the tap is
     /// full (then armed).
     bool tx_write(Pair& p, std::size_t i);
@@ -356,12 +314,8 @@ Result<void> Session::start() {
             p->tx_batch.reserve(kTxBatch);
             p->tx_hdrs.reserve(kTxBatch);
             p->tx_state.reserve(kTxBatch);
-            p->tx_reqs.reserve(kTxBatch);
-            p->tx_iov.reserve(4 * kTxBatch);
-            p->tx_small.resize(kTxBatch * kTxSmall);
-            p->tx_ring = TxRing::open(p->txd->native_handle());
-            if (!p->tx_ring)
-                spdlog::info("{}: no io_uring for tap writes; one writev() per frame", qname(txq));
+            p->tx_iov.reserve(64);
+            p->tx_copy.resize(kTxCopy);
         }
         p->enabled = (i == 0);
         pairs_.push_back(std::move(p));
@@ -399,7 +353,6 @@ void Session::stop() {
             p->tx_batch.clear();
             p->tx_hdrs.clear();
             p->tx_state.clear();
-            p->tx_ring.reset();
             p->tx_next = p->tx_done = 0;
             boost::system::error_code ec;
             if (p->txd) p->txd->close(ec);
@@ -756,102 +709,56 @@ void Session::tx_result(Pair& p, std::size_t i, ssize_t n, int err) {
 }
 
 bool Session::tx_write(Pair& p, std::size_t i) {
+    // One frame, one system call, on the queue's strand: a frame the tap
+    // refuses for want of room (EAGAIN) stays pending and no later frame of
+    // the queue is tried before it, so the frames of a queue reach the tap
+    // in ring order (a batch handed to the kernel at once could have a
+    // later frame find room that an earlier one did not).
+    const DescriptorChain& c = p.tx_batch[i];
+    const int fd = p.txd->native_handle();
+    const std::size_t total = c.readable_bytes();  // header + frame
+    const void* buf = nullptr;
     std::vector<iovec>& iov = p.tx_iov;  // reused: no allocation per frame or per kick
-    iov.clear();
-    frame_iov(iov, p.tx_hdrs[i], hdr_len_, p.tx_batch[i]);
-    if (iov.size() > kIovMax) {
-        // Too many pieces for one writev: linearise (rare).
-        const std::size_t frame_len = p.tx_batch[i].readable_bytes() - hdr_len_;
-        p.tx_bounce.resize(frame_len);
-        std::size_t o = 0;
-        for (std::size_t k = 1; k < iov.size(); ++k) {
-            std::memcpy(p.tx_bounce.data() + o, iov[k].iov_base, iov[k].iov_len);
-            o += iov[k].iov_len;
+    if (total <= kTxCopy) {
+        // The validated copy of the header, then the frame, in one buffer.
+        std::byte* out = p.tx_copy.data();
+        std::memcpy(out, &p.tx_hdrs[i], hdr_len_);
+        std::size_t o = hdr_len_, skip = hdr_len_;
+        for (auto s : c.readable_segments()) {
+            if (skip >= s.size()) {
+                skip -= s.size();
+                continue;
+            }
+            std::memcpy(out + o, s.data() + skip, s.size() - skip);
+            o += s.size() - skip;
+            skip = 0;
         }
-        iov.resize(1);
-        iov.push_back({p.tx_bounce.data(), frame_len});
+        buf = out;
+    } else {
+        iov.clear();
+        frame_iov(iov, p.tx_hdrs[i], hdr_len_, c);
+        if (iov.size() > kIovMax) {
+            // Too many pieces for one writev: linearise (rare).
+            const std::size_t frame_len = total - hdr_len_;
+            p.tx_bounce.resize(frame_len);
+            std::size_t o = 0;
+            for (std::size_t k = 1; k < iov.size(); ++k) {
+                std::memcpy(p.tx_bounce.data() + o, iov[k].iov_base, iov[k].iov_len);
+                o += iov[k].iov_len;
+            }
+            iov.resize(1);
+            iov.push_back({p.tx_bounce.data(), frame_len});
+        }
     }
     for (;;) {
-        ssize_t n = ::writev(p.txd->native_handle(), iov.data(), static_cast<int>(iov.size()));
+        const ssize_t n = buf ? ::write(fd, buf, total) : ::writev(fd, iov.data(), static_cast<int>(iov.size()));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (p.tx_ring) p.tx_ring->misses = 0;  // the tap is full, not the ring at fault
-            tx_arm(p);  // keep the unsent chains; resend once the tap has room
+            tx_arm(p);  // keep this chain and the ones after it; resend once the tap has room
             return false;
         }
         tx_result(p, i, n, errno);
         return true;
-    }
-}
-
-void Session::tx_submit(Pair& p) {
-    // The pending frames of the batch from tx_next on, one writev request
-    // each, all submitted in one io_uring_enter(). The tap fd is
-    // O_NONBLOCK: the kernel runs each write inline during the submit (in
-    // ring order) and completes a write that finds the tap full with
-    // -EAGAIN instead of retrying it later, so no request outlives this
-    // call and the grant pages stay mapped until the chains are pushed.
-    TxRing& r = *p.tx_ring;
-    p.tx_iov.clear();
-    p.tx_reqs.clear();
-    for (std::size_t i = p.tx_next; i < p.tx_batch.size() && p.tx_reqs.size() < kTxBatch; ++i) {
-        if (p.tx_state[i] != kTxPending) continue;
-        const DescriptorChain& c = p.tx_batch[i];
-        if (c.readable_segments().size() + 1 > kIovMax) break;  // linearised by tx_write()
-        const std::size_t at = p.tx_iov.size();
-        frame_iov(p.tx_iov, p.tx_hdrs[i], hdr_len_, c);
-        p.tx_reqs.push_back({std::uint32_t(i), std::uint32_t(at), std::uint32_t(p.tx_iov.size() - at)});
-    }
-    // Every iovec list is complete before a request points into tx_iov.
-    std::size_t queued = 0;
-    const int fd = r.fixed ? 0 : p.txd->native_handle();
-    for (const auto& q : p.tx_reqs) {
-        io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
-        if (!sqe) break;  // cannot happen: kTxBatch entries, and the ring is empty between calls
-        if (p.tx_batch[q.chain].readable_bytes() <= kTxSmall) {
-            // A small frame: header and frame copied into one buffer.
-            std::byte* slot = p.tx_small.data() + queued * kTxSmall;
-            std::size_t o = 0;
-            for (std::uint32_t k = 0; k < q.iov_n; ++k) {
-                const iovec& v = p.tx_iov[q.iov_at + k];
-                std::memcpy(slot + o, v.iov_base, v.iov_len);
-                o += v.iov_len;
-            }
-            io_uring_prep_write(sqe, fd, slot, static_cast<unsigned>(o), 0);
-        } else {
-            io_uring_prep_writev(sqe, fd, p.tx_iov.data() + q.iov_at, q.iov_n, 0);
-        }
-        if (r.fixed) sqe->flags |= IOSQE_FIXED_FILE;
-        io_uring_sqe_set_data64(sqe, queued);
-        ++queued;
-    }
-    if (queued == 0) return;
-    const int submitted = io_uring_submit_and_wait(&r.ring, static_cast<unsigned>(queued));
-    std::size_t got = 0;
-    const std::size_t expect = submitted > 0 ? static_cast<std::size_t>(submitted) : 0;
-    while (got < expect) {
-        io_uring_cqe* cqe = nullptr;
-        if (io_uring_peek_cqe(&r.ring, &cqe) != 0 && io_uring_wait_cqe(&r.ring, &cqe) != 0) break;
-        const std::uint64_t k = io_uring_cqe_get_data64(cqe);
-        const int res = cqe->res;
-        io_uring_cqe_seen(&r.ring, cqe);
-        ++got;
-        if (k >= p.tx_reqs.size()) continue;
-        const std::size_t i = p.tx_reqs[k].chain;
-        if (res == -EAGAIN || res == -EOPNOTSUPP) {
-            // Left pending: tx_write() tries it now and tells a full tap
-            // from a ring that cannot write to it.
-            ++r.misses;
-            continue;
-        }
-        if (res >= 0) r.misses = 0;
-        tx_result(p, i, res >= 0 ? res : -1, -res);
-    }
-    if (submitted < 0 || expect < queued || got < expect || r.misses >= kTxRingGiveUp) {
-        // The chains not completed stay pending for tx_write().
-        spdlog::info("{}: tap writes through io_uring stopped ({}); one writev() per frame from now on", qname(p.txq),
-                     submitted < 0 ? std::strerror(-submitted) : "the ring could not write to the tap");
-        p.tx_ring.reset();
     }
 }
 
@@ -893,7 +800,6 @@ void Session::tx_pump(Pair& p) {
             continue;
         }
         const std::size_t i = p.tx_next;
-        if (p.tx_state[i] == kTxPending && p.tx_ring) tx_submit(p);
         if (p.tx_state[i] == kTxPending && !tx_write(p, i)) break;  // the tap is full: armed
         ++p.tx_next;
         ++budget;
