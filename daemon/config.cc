@@ -236,11 +236,77 @@ void read_domain(Reader& r, const toml::table& t, unsigned ordinal, DomainEntry&
     }
 }
 
+/// Why a console port name is refused (the guest makes a file name of it,
+/// /dev/virtio-ports/<name>), or nullopt.
+std::optional<std::string> port_name_problem(std::string_view n) {
+    if (n.empty()) return "is empty";
+    if (n.size() > ConsolePortEntry::kMaxName)
+        return "is longer than " + std::to_string(ConsolePortEntry::kMaxName) + " bytes";
+    if (n == "." || n == "..") return "is '.' or '..'";
+    for (char c : n) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "contains a control character";
+        if (c == '/') return "contains '/'";
+    }
+    return std::nullopt;
+}
+
+/// A console's `ports`: an array of tables { name, backend = "socket", socket }.
+void read_console_ports(Reader& r, const toml::node& node, const std::string& sec, DeviceEntry& d) {
+    const toml::array* arr = node.as_array();
+    if (!arr) {
+        r.error(Reader::line(node), sec, "ports",
+                std::string("expected an array of tables { name = \"...\", socket = \"...\" }, got ") +
+                    type_name(node.type()));
+        return;
+    }
+    if (arr->size() > ConsolePortEntry::kMaxPorts)
+        r.error(Reader::line(node), sec, "ports",
+                std::to_string(arr->size()) + " ports, at most " + std::to_string(ConsolePortEntry::kMaxPorts));
+    std::size_t i = 0;
+    for (const auto& el : *arr) {
+        ++i;
+        const std::string key = "ports[" + std::to_string(i) + "]";
+        const toml::table* t = el.as_table();
+        if (!t) {
+            r.error(Reader::line(el), sec, key, std::string("expected a table, got ") + type_name(el.type()));
+            continue;
+        }
+        ConsolePortEntry p;
+        p.line = Reader::line(el) ? Reader::line(el) : Reader::line(node);
+        bool have_name = false;
+        for (auto&& [k, v] : *t) {
+            const std::string sub = key + "." + std::string(k.str());
+            if (k.str() == "name") {
+                if (auto s = r.string(v, sec, sub)) {
+                    have_name = true;
+                    if (auto why = port_name_problem(*s))
+                        r.error(Reader::line(v), sec, sub, "'" + *s + "' " + *why);
+                    else
+                        p.name = *s;
+                }
+            } else if (k.str() == "backend") {
+                // Only sockets for now; the key leaves room for more.
+                if (auto s = r.string(v, sec, sub); s && *s != "socket")
+                    r.error(Reader::line(v), sec, sub, "'" + *s + "' is not one of socket");
+            } else if (k.str() == "socket") {
+                if (auto s = r.abs_path(v, sec, sub, kMaxSunPath)) p.socket = *s;
+            } else {
+                r.error(Reader::line(v), sec, sub, "unknown key (name, backend, socket)");
+            }
+        }
+        if (!have_name) r.error(p.line, sec, key + ".name", "missing");
+        for (const auto& q : d.console_ports)
+            if (!p.name.empty() && q.name == p.name)
+                r.error(p.line, sec, key + ".name", "'" + p.name + "' already used at line " + std::to_string(q.line));
+        d.console_ports.push_back(std::move(p));
+    }
+}
+
 /// Keys each device type accepts beyond the common ones.
 bool key_applies(DeviceType t, std::string_view key) {
     static const std::set<std::string_view> blk{"path", "readonly", "discard", "queues"};
     static const std::set<std::string_view> net{"tap", "mac", "queues", "bridge", "mtu"};
-    static const std::set<std::string_view> con{"backend", "socket", "log"};
+    static const std::set<std::string_view> con{"backend", "socket", "log", "ports"};
     switch (t) {
         case DeviceType::Blk: return blk.count(key) != 0;
         case DeviceType::Net: return net.count(key) != 0;
@@ -255,7 +321,7 @@ void read_device(Reader& r, const toml::table& t, unsigned ordinal, DeviceEntry&
     d.ordinal = ordinal;
     static const std::set<std::string_view> common{"guest", "type", "index", "transport", "grants", "nonblocking"};
     static const std::set<std::string_view> specific{"path", "readonly", "discard", "queues", "tap", "mac",
-                                                     "bridge", "mtu", "backend", "socket", "log"};
+                                                     "bridge", "mtu", "backend", "socket", "log", "ports"};
 
     // The type decides which other keys apply: read it first.
     std::optional<DeviceType> type;
@@ -364,6 +430,8 @@ void read_device(Reader& r, const toml::table& t, unsigned ordinal, DeviceEntry&
             if (auto v = r.abs_path(node, sec, key)) d.log = *v;
             have_log = true;
             log_line = ln;
+        } else if (key == "ports") {
+            read_console_ports(r, node, sec, d);
         }
     }
     if (!have_guest) r.error(d.line, sec, "guest", "missing (a domain name or domid)");
@@ -638,6 +706,26 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             d.socket = "/run/xen-virtiod/" + g + ".console" + std::to_string(d.index) + ".sock";
         if (d.console == ConsoleBackend::Log && d.log.empty())
             d.log = "/var/log/xen-virtiod/" + g + ".console" + std::to_string(d.index) + ".log";
+        // Ports 1..: a socket each, none shared (with port 0's either).
+        std::map<std::string, unsigned> socks;
+        if (d.console == ConsoleBackend::Socket) socks.emplace(d.socket, d.line);
+        const std::string sec = "[[device]] #" + std::to_string(d.ordinal);
+        for (std::size_t i = 0; i < d.console_ports.size(); ++i) {
+            auto& p = d.console_ports[i];
+            const std::string key = "ports[" + std::to_string(i + 1) + "].socket";
+            if (p.name.empty()) continue;  // already an error
+            if (p.socket.empty()) {
+                p.socket = "/run/xen-virtiod/" + g + ".console" + std::to_string(d.index) + "." + p.name + ".sock";
+                if (p.socket.size() > kMaxSunPath) {
+                    r.error(p.line, sec, key, "the default " + p.socket + " is longer than " +
+                                                  std::to_string(kMaxSunPath) + " bytes: give a shorter socket path");
+                    continue;
+                }
+            }
+            auto [it, fresh] = socks.emplace(p.socket, p.line);
+            if (!fresh)
+                r.error(p.line, sec, key, p.socket + " already used at line " + std::to_string(it->second));
+        }
     }
 
     if (!r.ok()) return make_error(std::errc::invalid_argument, r.joined());

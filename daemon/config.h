@@ -9,7 +9,7 @@
 //     [[device]]      guest, type, index, transport, grants, nonblocking,
 //                     blk: path readonly discard queues
 //                     net: tap mac queues bridge mtu
-//                     console: backend socket log
+//                     console: backend socket log ports
 //
 // Parsing is strict: an unknown key, a wrong type or a bad value is an
 // error naming the file, the line and the key, e.g.
@@ -108,10 +108,12 @@ struct DaemonSection {
     VmClass default_class = VmClass::Unsafe;  ///< class of a guest without [[domain]] entry
     SeccompMode seccomp = SeccompMode::Errno; ///< R5: action for syscalls the filter refuses
     /// After serving an ioreq, a guest's ioreq loop keeps polling for the
-    /// next one this long before sleeping on the event channel again
-    /// (0: sleeps at once). A busy thread for up to this long after each
-    /// burst of register accesses, for a shorter trap tail.
-    unsigned ioreq_poll_us = 0;
+    /// next one up to this long before sleeping on the event channel again
+    /// (0: sleeps at once). The loop adapts its window between 0 and this
+    /// (IoreqLoop::set_poll): none for a guest that does not trap in
+    /// bursts, and polling in vain is held to a tenth of one CPU per guest.
+    unsigned ioreq_poll_us = kDefaultIoreqPollUs;
+    static constexpr unsigned kDefaultIoreqPollUs = 50;
     static constexpr unsigned kMaxIoreqPollUs = 1000;
     /// SCHED_FIFO priority of a guest's I/O threads, which serve its ioreqs
     /// (0: the normal policy). Needs CAP_SYS_NICE or RLIMIT_RTPRIO >= it
@@ -132,6 +134,17 @@ struct DomainEntry {
 
     /// "dom5 (guest1)", "dom5" or "guest1".
     std::string label() const;
+};
+
+/// One extra port (1..) of a console `ports` array: a unix socket on the
+/// host side, named for the guest (virtio 1.2 §5.3.6.2 PORT_NAME).
+struct ConsolePortEntry {
+    std::string name;                     ///< 1..255 bytes, printable, no '/'
+    std::string socket;                   ///< unix socket path; default from the guest, index and name
+    unsigned line = 0;                    ///< line of the entry in the file
+
+    static constexpr std::size_t kMaxPorts = 15;      ///< max_nr_ports <= 16
+    static constexpr std::size_t kMaxName = 255;
 };
 
 /// [[device]]: backend resources of one virtio device of a guest.
@@ -158,6 +171,8 @@ struct DeviceEntry {
     ConsoleBackend console = ConsoleBackend::Pty;
     std::string socket;                   ///< backend = "socket": unix socket path
     std::string log;                      ///< backend = "log": log file path
+    /// Ports 1.. (VIRTIO_CONSOLE_F_MULTIPORT offered when not empty).
+    std::vector<ConsolePortEntry> console_ports;
     unsigned line = 0;                    ///< line of the table in the file
     unsigned ordinal = 0;                 ///< 1-based position among [[device]] tables
 

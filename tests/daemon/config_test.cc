@@ -34,7 +34,7 @@ TEST(Config, EmptyFileGivesDefaults) {
     EXPECT_EQ(c.daemon.workers, 2u);
     EXPECT_EQ(c.daemon.default_class, VmClass::Unsafe);
     EXPECT_EQ(c.daemon.seccomp, SeccompMode::Errno);
-    EXPECT_EQ(c.daemon.ioreq_poll_us, 0u);
+    EXPECT_EQ(c.daemon.ioreq_poll_us, 50u);  // adaptive, up to 50 us (configuration.md)
     EXPECT_EQ(c.daemon.ioreq_realtime_priority, 0u);
     EXPECT_TRUE(c.domains.empty());
     EXPECT_TRUE(c.devices.empty());
@@ -193,6 +193,46 @@ backend = "log"
     EXPECT_EQ(c.devices[0].console, ConsoleBackend::Pty);
 }
 
+TEST(Config, ConsolePorts) {
+    Config c = parse_ok(R"([[device]]
+guest = "g"
+type = "console"
+ports = [
+  { name = "org.example.agent", socket = "/run/xen-virtiod/agent.sock" },
+  { name = "b", backend = "socket" },
+]
+[[device]]
+guest = "g"
+type = "console"
+index = 1
+[[device.ports]]
+name = "x"
+[[device]]
+guest = "g"
+type = "console"
+index = 2
+)");
+    ASSERT_EQ(c.devices.size(), 3u);
+    const auto& p = c.devices[0].console_ports;
+    ASSERT_EQ(p.size(), 2u);
+    EXPECT_EQ(p[0].name, "org.example.agent");
+    EXPECT_EQ(p[0].socket, "/run/xen-virtiod/agent.sock");
+    EXPECT_EQ(p[0].line, 5u);
+    EXPECT_EQ(p[1].name, "b");
+    EXPECT_EQ(p[1].socket, "/run/xen-virtiod/g.console0.b.sock");
+    ASSERT_EQ(c.devices[1].console_ports.size(), 1u);
+    EXPECT_EQ(c.devices[1].console_ports[0].socket, "/run/xen-virtiod/g.console1.x.sock");
+    EXPECT_TRUE(c.devices[2].console_ports.empty());
+}
+
+TEST(Config, ConsolePortsAtMostFifteen) {
+    std::string t = "[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [";
+    for (int i = 0; i < 16; ++i) t += "{ name = \"p" + std::to_string(i) + "\" },";
+    t += "]\n";
+    std::string e = parse_err(t);
+    EXPECT_NE(e.find(std::string(kFile) + ":4: [[device]] #1 key 'ports': 16 ports, at most 15"), std::string::npos) << e;
+}
+
 TEST(Config, DomainRoleDefaults) {
     Config c = parse_ok("[[domain]]\nid = 0\n[[domain]]\nid = 3\n[[domain]]\nname = \"x\"\n");
     ASSERT_EQ(c.domains.size(), 3u);
@@ -333,6 +373,18 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nbackend = \"socket\"\nsocket = \"/run/xen-virtiod/this-socket-path-is-much-longer-than-a-unix-socket-address-can-hold-in-sun-path-really.sock\"\n", ":5: [[device]] #1 key 'socket': path too long"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"blk\"\ntap = \"t0\"\n", ":4: [[device]] #1 key 'tap': does not apply to type blk"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\npath = \"/x\"\n", ":4: [[device]] #1 key 'path': does not apply to type net"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = \"x\"\n", ":4: [[device]] #1 key 'ports': expected an array of tables"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ 3 ]\n", ":4: [[device]] #1 key 'ports[1]': expected a table, got integer"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { socket = \"/run/a.sock\" } ]\n", ":4: [[device]] #1 key 'ports[1].name': missing"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"a/b\" } ]\n", ":4: [[device]] #1 key 'ports[1].name': 'a/b' contains '/'"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"\" } ]\n", ":4: [[device]] #1 key 'ports[1].name': '' is empty"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"a\", colour = 1 } ]\n", ":4: [[device]] #1 key 'ports[1].colour': unknown key"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"a\", backend = \"pty\" } ]\n", ":4: [[device]] #1 key 'ports[1].backend': 'pty' is not one of socket"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"a\", socket = \"run/a.sock\" } ]\n", ":4: [[device]] #1 key 'ports[1].socket': 'run/a.sock' is not an absolute path"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [\n  { name = \"a\" },\n  { name = \"a\" },\n]\n", ":6: [[device]] #1 key 'ports[2].name': 'a' already used at line 5"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nbackend = \"socket\"\nsocket = \"/run/a.sock\"\nports = [ { name = \"a\", socket = \"/run/a.sock\" } ]\n", ":6: [[device]] #1 key 'ports[1].socket': /run/a.sock already used at line 1"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nports = [ { name = \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn\" } ]\n", ":4: [[device]] #1 key 'ports[1].socket': the default"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"blk\"\nports = []\n", ":4: [[device]] #1 key 'ports': does not apply to type blk"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nqueues = 2\n", ":4: [[device]] #1 key 'queues': does not apply to type console"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"blk\"\nindex = 32\n", ":4: [[device]] #1 key 'index': value 32 out of range 0..31"},
         BadValue{"[[device]]\nguest = 0\ntype = \"blk\"\n", ":2: [[device]] #1 key 'guest': value 0 out of range"},
