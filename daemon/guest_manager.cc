@@ -62,6 +62,8 @@ std::optional<std::string> fill_backend(DevicePlan& p, const DeviceEntry* cfg, c
                                         : "/run/xen-virtiod/dom" + std::to_string(dom) + "-console" +
                                               std::to_string(index) + ".sock";
             p.console.log_path = cfg ? cfg->log : std::string();
+            if (cfg)
+                for (const auto& port : cfg->console_ports) p.console.ports.push_back({port.name, port.socket});
             return std::nullopt;
     }
     return "unknown device type";
@@ -126,6 +128,10 @@ std::string describe_exit(const WorkerExit& e) {
 
 std::string ioreq_servers_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest) {
     return xs.domain_path(self) + "/xen-virtiod/" + std::to_string(guest) + "/ioreq-servers";
+}
+
+std::string ioreq_intent_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest) {
+    return xs.domain_path(self) + "/xen-virtiod/" + std::to_string(guest) + "/ioreq-server-intent";
 }
 
 std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path) {
@@ -499,6 +505,10 @@ void GuestManager::start_guest(xen::DomId domid, const std::vector<AnnouncedDevi
         // claimed: a worker dying from then on leaves a server its
         // supervisor knows about.
         pr.plan.on_ioreq_server = [this, domid](xen::IoServId id) { record_ioreq_server(domid, id); };
+        // And the servers that exist before it is created: a worker dying
+        // between the creation and the record leaves its intent, from which
+        // the supervisor finds the server it created.
+        pr.plan.before_ioreq_server = [this, domid](xen::DeviceModel& dm) { record_ioreq_intent(domid, dm); };
     }
     // Each guest on its own threads when asked (guest_executor.h).
     std::unique_ptr<GuestExecutor> own;
@@ -730,16 +740,58 @@ void GuestManager::spawn_worker(xen::DomId domid) {
     spdlog::info("dom{}: worker pid {} started", domid, w.id);
 }
 
+void GuestManager::record_ioreq_intent(xen::DomId domid, xen::DeviceModel& dm) {
+    // The ids of the guest's servers that this domain emulates now
+    // (space separated; empty: none), or "?" when they cannot be listed.
+    std::string before = "?";
+    if (auto ids = dm.ioreq_servers(domid)) {
+        before.clear();
+        for (auto id : ids.value()) {
+            if (!before.empty()) before += ' ';
+            before += std::to_string(id);
+        }
+    } else {
+        spdlog::warn("dom{}: cannot list the guest's ioreq servers before creating ours: {} (if this worker dies "
+                     "before it records its server, the server stays in Xen until the guest is destroyed)",
+                     domid, ids.error().describe());
+    }
+    const std::string path = ioreq_intent_path(*xs_, self_, domid);
+    if (auto r = xs_->write(path, before); !r)
+        spdlog::warn("dom{}: cannot record the ioreq server intent at {}: {}", domid, path, r.error().describe());
+}
+
 void GuestManager::record_ioreq_server(xen::DomId domid, xen::IoServId id) {
     const std::string path = ioreq_servers_path(*xs_, self_, domid);
     std::string list;
     if (auto v = xs_->read(path)) list = v.value() + " ";
     list += std::to_string(id);
-    if (auto r = xs_->write(path, list); !r)
+    if (auto r = xs_->write(path, list); !r) {
         spdlog::warn("dom{}: cannot record ioreq server {} for the supervisor at {}: {} (if this worker dies, the "
                      "server stays in Xen until the guest is destroyed)",
                      domid, id, path, r.error().describe());
+        return;  // the intent stays: the supervisor still finds the server from it
+    }
+    (void)xs_->rm(ioreq_intent_path(*xs_, self_, domid));
 }
+
+namespace {
+
+/// Parses a space-separated list of ioreq server ids (at most 8 are read:
+/// MAX_NR_IOREQ_SERVERS); tokens that are not ids are reported in `bad`.
+std::vector<xen::IoServId> parse_server_ids(const std::string& text, std::vector<std::string>* bad) {
+    std::vector<xen::IoServId> out;
+    std::istringstream in(text);
+    std::string tok;
+    for (unsigned n = 0; n < 8 && in >> tok; ++n) {
+        if (auto id = parse_xs_uint(tok, 0xffff))
+            out.push_back(xen::IoServId(*id));
+        else if (bad)
+            bad->push_back(tok);
+    }
+    return out;
+}
+
+}  // namespace
 
 // What a dead worker leaves behind. Its process's descriptors are closed
 // by the kernel, and with them:
@@ -759,7 +811,9 @@ void GuestManager::record_ioreq_server(xen::DomId domid, xen::IoServId id) {
 // a worker's device-model handle already acts on every server of its guest.
 void GuestManager::release_worker_leftovers(xen::DomId domid, int pid, const WorkerExit& how) {
     const std::string path = ioreq_servers_path(*xs_, self_, domid);
+    const std::string intent_path = ioreq_intent_path(*xs_, self_, domid);
     auto recorded = xs_->read(path);
+    auto intent = xs_->read(intent_path);
     const bool orderly = !how.signaled && how.status == 0;  // its orderly stop destroyed them
     if (!orderly && guest_alive(domid)) {
         if (!dm_) {
@@ -769,35 +823,67 @@ void GuestManager::release_worker_leftovers(xen::DomId domid, int pid, const Wor
                 spdlog::error("dom{}: cannot open the device model to release what worker pid {} left: {}", domid,
                               pid, dm.error().describe());
         }
+        std::set<xen::IoServId> gone;
+        auto destroy = [&](xen::IoServId id, const char* how_found) {
+            if (!gone.insert(id).second) return;
+            if (auto r = dm_->destroy_ioreq_server(domid, id); r) {
+                ++stats_.stale_ioreq_servers_destroyed;
+                spdlog::info("dom{}: destroyed ioreq server {} left by worker pid {} ({}; {})", domid, id, pid,
+                             describe_exit(how), how_found);
+            } else if (r.error().code != std::errc::no_such_file_or_directory) {
+                spdlog::error("dom{}: cannot destroy ioreq server {} left by worker pid {}: {}", domid, id, pid,
+                              r.error().describe());
+            }
+        };
         if (dm_ && recorded) {
-            std::istringstream in(recorded.value());
-            std::string tok;
-            // Xen has at most 8 servers per domain (MAX_NR_IOREQ_SERVERS).
-            for (unsigned n = 0; n < 8 && in >> tok; ++n) {
-                auto id = parse_xs_uint(tok, 0xffff);
-                if (!id) {
-                    spdlog::warn("dom{}: {}: '{}' is not an ioreq server id; ignored", domid, path, tok);
-                    continue;
-                }
-                if (auto r = dm_->destroy_ioreq_server(domid, xen::IoServId(*id)); r) {
-                    ++stats_.stale_ioreq_servers_destroyed;
-                    spdlog::info("dom{}: destroyed ioreq server {} left by worker pid {} ({})", domid, *id, pid,
-                                 describe_exit(how));
-                } else if (r.error().code != std::errc::no_such_file_or_directory) {
-                    spdlog::error("dom{}: cannot destroy ioreq server {} left by worker pid {}: {}", domid, *id, pid,
-                                  r.error().describe());
-                }
+            std::vector<std::string> bad;
+            for (auto id : parse_server_ids(recorded.value(), &bad)) destroy(id, "recorded");
+            for (const auto& tok : bad)
+                spdlog::warn("dom{}: {}: '{}' is not an ioreq server id; ignored", domid, path, tok);
+        }
+        if (dm_ && intent) {
+            // The worker died after announcing that it creates a server and
+            // before it recorded the server's id: every server of the guest
+            // that this domain emulates now, and did not before the intent,
+            // is the dead worker's (one worker per guest; R5).
+            if (intent.value() == "?") {
+                spdlog::warn("dom{}: worker pid {} died while creating its ioreq server and could not list the "
+                             "servers before; a server it created stays until the guest is destroyed",
+                             domid, pid);
+            } else if (auto now = dm_->ioreq_servers(domid); !now) {
+                spdlog::warn("dom{}: cannot list the guest's ioreq servers after worker pid {} died: {}", domid, pid,
+                             now.error().describe());
+            } else {
+                const auto before = parse_server_ids(intent.value(), nullptr);
+                for (auto id : now.value())
+                    if (std::find(before.begin(), before.end(), id) == before.end())
+                        destroy(id, "created before it was recorded");
             }
         }
         if (dm_) {
+            // Interrupt lines: a level the dead worker raised stays asserted
+            // in the vGIC. The mmio SPIs libxl announced, and the four INTx
+            // SPIs of our PCI host (pci_host.h) when the guest has
+            // virtio-pci devices in the configuration.
             ScanResult scan = scan_announced_devices(*xs_, self_, domid);
-            for (const auto& d : scan.devices) {
-                if (d.frontend != domid || d.transport != "mmio" || d.irq == 0) continue;
-                if (dm_->set_irq_level(domid, d.irq, false)) ++stats_.stale_irq_lines_lowered;
-            }
+            std::set<std::uint32_t> lines;
+            for (const auto& d : scan.devices)
+                if (d.frontend == domid && d.transport == "mmio" && d.irq != 0) lines.insert(d.irq);
+            std::vector<AnnouncedDevice> mine;
+            for (const auto& d : scan.devices)
+                if (d.frontend == domid) mine.push_back(d);
+            const PlanResult pr = plan_guest(config_, domid, guest_name(domid), mine, self_);
+            for (const auto& p : pr.plan.devices)
+                if (p.transport == Transport::Pci) {
+                    for (std::uint32_t pin = 0; pin < 4; ++pin) lines.insert(pr.plan.pci.intx_spi_base + pin);
+                    break;
+                }
+            for (auto irq : lines)
+                if (dm_->set_irq_level(domid, irq, false)) ++stats_.stale_irq_lines_lowered;
         }
     }
     if (recorded) (void)xs_->rm(path);
+    if (intent) (void)xs_->rm(intent_path);
 }
 
 void GuestManager::on_worker_exit(xen::DomId domid, const WorkerExit& how) {

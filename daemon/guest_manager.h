@@ -148,12 +148,17 @@ struct ManagerStats {
     std::uint64_t late_devices_refused = 0;
     std::uint64_t settle_waits = 0;      ///< guests held back while their device list changed
     std::uint64_t stale_ioreq_servers_destroyed = 0;  ///< left in Xen by workers that died
-    std::uint64_t stale_irq_lines_lowered = 0;        ///< SPIs of dead workers' guests set low
+    std::uint64_t stale_irq_lines_lowered = 0;        ///< SPIs (mmio, PCI INTx) of dead workers' guests set low
 };
 
 /// Where a worker records the ids of its guest's ioreq servers (space
 /// separated): <our domain>/xen-virtiod/<guest>/ioreq-servers.
 std::string ioreq_servers_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest);
+/// Where a worker records, just before it creates its guest's ioreq
+/// server, the ids of the servers of that guest this domain emulates
+/// already (space separated; "?" when they could not be listed); removed
+/// once the new server's id is recorded under ioreq_servers_path().
+std::string ioreq_intent_path(const xen::XenStore& xs, xen::DomId self, xen::DomId guest);
 
 /// Builds the plan of one guest from what xenstore announced and the
 /// configuration; devices that cannot be served are returned in `refused`
@@ -224,6 +229,8 @@ private:
     void release_worker_leftovers(xen::DomId domid, int pid, const WorkerExit& how);
     /// A worker records its guest's ioreq server id (report_ioreq_servers).
     void record_ioreq_server(xen::DomId domid, xen::IoServId id);
+    /// A worker records the guest's servers before it creates its own.
+    void record_ioreq_intent(xen::DomId domid, xen::DeviceModel& dm);
     /// Devices announced for a guest after its session or worker started.
     void refuse_late_devices(xen::DomId domid, const std::vector<AnnouncedDevice>& devs);
     /// Writes `why` as the error node of every device announced for `domid`.

@@ -57,6 +57,7 @@ Result<void> GuestSession::build(xen::Hypervisor& hv, boost::asio::any_io_execut
     dm_ = std::move(dm).value();
     memory_ = std::make_shared<transport::GuestMemory>(*grants_, dom);
 
+    if (plan_.before_ioreq_server) plan_.before_ioreq_server(*dm_);
     auto loop = transport::IoreqLoop::create(ex, *dm_, dom);
     if (!loop) return std::move(loop).error();
     loop_ = std::move(loop).value();

@@ -67,6 +67,11 @@ struct GuestPlan {
     /// Called with the id of the guest's ioreq server as soon as it exists
     /// (a worker records it for its supervisor); may be empty.
     std::function<void(xen::IoServId)> on_ioreq_server;
+    /// Called just before the guest's ioreq server is created, with the
+    /// device-model handle that creates it (a worker records its intent for
+    /// its supervisor: a crash between the creation and on_ioreq_server
+    /// would otherwise leave a server nobody knows of); may be empty.
+    std::function<void(xen::DeviceModel&)> before_ioreq_server;
 };
 
 /// Live facts about one device of a session (for logs, demo and tests).

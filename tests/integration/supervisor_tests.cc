@@ -187,6 +187,13 @@ public:
         return true;
     }
 
+    /// Reports worker `id` (taken with take_worker) as ended with `e`.
+    void report_exit(int id, WorkerExit e) {
+        std::lock_guard lk(mu_);
+        entries_[id].exit = e;
+        cv_.notify_all();
+    }
+
     /// Every later spawn ends at once with `e` (no worker runs).
     void script_exit(std::optional<WorkerExit> e) {
         std::lock_guard lk(mu_);
@@ -487,6 +494,117 @@ TEST(Supervisor, CrashedWorkersServerOfADestroyedGuestGoesWithTheDomain) {
     EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
     EXPECT_FALSE(s.h.sim->toolstack_store().read(recorded).has_value());
     EXPECT_EQ(s.stats().workers_restarted, 0u);
+}
+
+/// The level SPI `irq` of `g` was last set to (false when never raised).
+bool spi_level(const xen::sim::SimGuest& g, std::uint32_t irq) {
+    bool level = false;
+    for (const auto& e : g.irq_log())
+        if (e.kind == xen::sim::IrqEvent::Spi && e.irq == irq) level = e.level;
+    return level;
+}
+
+// A worker dies while its guest's virtio-pci INTx line is asserted (a
+// completion whose interrupt the guest has not acknowledged; INTx is a
+// level, virtio 1.2 §4.1.4.5): the line would stay asserted in the vGIC
+// with nobody left to lower it. The supervisor lowers the INTx SPIs of our
+// PCI host for a guest with virtio-pci devices, as it does the mmio SPIs.
+TEST(Supervisor, CrashedWorkersPciIntxLineIsLowered) {
+    TempImage a(4 << 20);
+    Supervised s(domains_toml({{"g1", "unsafe"}}) + blk_toml("g1", a.path.string(), "transport = \"pci\"\n"), true);
+    s.backoff = 600ms;  // the supervisor's clean-up is looked at before the restart
+    auto d1 = create_guest(s.h, "g1");
+    ASSERT_TRUE(d1);
+    ASSERT_TRUE(s.start().has_value());
+    auto g = s.h.sim->guest(*d1);
+    const transport::PciHostConfig host;  // the defaults the daemon uses (INTx SPIs 44-47)
+    std::unique_ptr<guest::GuestTransport> t;
+    ASSERT_TRUE(s.h.eventually([&] {
+        auto r = guest::make_pci_guest(*g, host, 0, true, 0);
+        if (r) t = std::move(r).value();
+        return t != nullptr;
+    })) << "the worker does not serve the PCI host";
+    guest::DriverOptions o;
+    o.size = 16;
+    auto q = guest::VirtqueueDriver::create(*g, o);
+    ASSERT_TRUE(q.has_value());
+    namespace feat = transport::feature;
+    auto f = t->bring_up(feat::bit(feat::kVersion1) | feat::bit(feat::kAccessPlatform), {q.value().get()});
+    ASSERT_TRUE(f.has_value()) << f.error().describe();
+    // Slot 0, INTA: SPI intx_spi_base (pci_host.h swizzle).
+    const std::uint32_t spi = host.intx_spi_base;
+    const std::uint64_t seen = g->irq_count(spi);
+    devices::blk::OutHdr r{devices::blk::req::kIn, 0, 0};
+    ASSERT_TRUE(q.value()->chain().readable(std::as_bytes(std::span(&r, 1))).writable(4096).writable(1).submit());
+    ASSERT_TRUE(t->notify(0).has_value());
+    ASSERT_GT(g->wait_irq(spi, seen, 5000ms), seen) << "no INTx for the completion";
+    ASSERT_TRUE(q.value()->next_used().has_value());
+    ASSERT_TRUE(spi_level(*g, spi)) << "INTx is a level: asserted until the guest reads ISR";
+
+    ASSERT_TRUE(s.spawner->kill(*d1, SIGSEGV));
+    ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_crashed == 1; }));
+    EXPECT_FALSE(spi_level(*g, spi)) << "the dead worker's INTx line is still asserted";
+    EXPECT_GE(s.stats().stale_irq_lines_lowered, 1u);
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
+    t.reset();
+    q.value().reset();
+    g.reset();
+}
+
+// A worker dies after creating its guest's ioreq server and before it
+// recorded the server's id: Xen keeps the server, nobody knows its id. The
+// worker records its intent first (the ids of the guest's servers this
+// domain emulates before it creates one); the supervisor destroys every
+// server of the guest that is not in that list. Here the dead worker's
+// last moments are played with the simulator's device model: the intent
+// the worker writes, a server created, the process gone (ProcessExit).
+TEST(Supervisor, ServerCreatedByAWorkerThatDiedBeforeRecordingItIsDestroyed) {
+    TempImage a(4 << 20), b(4 << 20);
+    Supervised s(config_with_blk(a, b), true);
+    s.backoff = 600ms;
+    auto d1 = s.guest_with_blk("g1");
+    ASSERT_TRUE(d1);
+    ASSERT_TRUE(s.start().has_value());
+    ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2"); }));
+    auto& xs = s.h.sim->toolstack_store();
+    const std::string recorded = ioreq_servers_path(xs, 0, *d1), intent = ioreq_intent_path(xs, 0, *d1);
+    auto rec = xs.read(recorded);
+    ASSERT_TRUE(rec.has_value());
+    EXPECT_FALSE(xs.read(intent).has_value()) << "the intent is removed once the server is recorded";
+    ASSERT_EQ(s.h.sim->resources().ioreq_servers, 1u);
+
+    // The worker's handles go with it; its recorded server and the one it
+    // was creating stay in Xen.
+    auto [id, w] = s.spawner->take_worker(*d1);
+    ASSERT_TRUE(w);
+    {
+        auto dm = s.h.sim->open_device_model();
+        ASSERT_TRUE(dm.has_value());
+        auto before = dm.value()->ioreq_servers(*d1);
+        ASSERT_TRUE(before.has_value());
+        ASSERT_EQ(before.value().size(), 1u);
+        ASSERT_TRUE(xs.write(intent, std::to_string(before.value()[0])).has_value());
+        auto srv = dm.value()->create_ioreq_server(*d1);
+        ASSERT_TRUE(srv.has_value());
+        xen::sim::ProcessExit dead;
+        srv.value().reset();
+        w->halt();
+        w.reset();
+    }
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 2u);
+    s.spawner->report_exit(id, WorkerExit{true, SIGKILL});
+    ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_crashed == 1; }));
+    EXPECT_EQ(s.stats().stale_ioreq_servers_destroyed, 2u) << "the recorded server and the unrecorded one";
+    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 0u);
+    EXPECT_EQ(s.h.sim->resources().stale_ioreq_servers, 0u);
+    EXPECT_FALSE(xs.read(intent).has_value());
+    EXPECT_FALSE(xs.read(recorded).has_value());
+    // The restarted worker serves the guest with one server.
+    ASSERT_TRUE(s.h.eventually([&] { return s.stats().workers_restarted == 1 && s.spawner->running() == 1; }));
+    ASSERT_TRUE(s.h.eventually([&] { return s.backend_state_is(*d1, "2"); }));
+    auto g = s.h.sim->guest(*d1);
+    blk_roundtrip(*g, kBase, 33, 0, std::vector<std::byte>(4096, std::byte{0x5a}));
+    EXPECT_EQ(s.h.sim->resources().ioreq_servers, 1u);
 }
 
 TEST(Supervisor, DeviceAnnouncedAfterTheGuestStartedGetsAnErrorNodeAndTheOthersKeepWorking) {

@@ -315,6 +315,22 @@ public:
         return ok();
     }
 
+    Result<std::vector<IoServId>> ioreq_servers(DomId domid) override {
+        std::vector<IoServId> out;
+        for (IoServId id = 0; id < 8; ++id) {  // MAX_NR_IOREQ_SERVERS
+            errno = 0;
+            // No gfn pointers: XEN_DMOP_no_gfns, nothing is mapped.
+            if (xendevicemodel_get_ioreq_server_info(h_->dm, domid, id, nullptr, nullptr, nullptr) == 0) {
+                out.push_back(id);
+                continue;
+            }
+            if (errno == ENOENT || errno == EPERM) continue;  // free, or another emulator domain's
+            return call_error("xendevicemodel_get_ioreq_server_info", errno,
+                              "ioreq server " + std::to_string(id) + " of " + dom_str(domid), CallKind::DeviceModel);
+        }
+        return out;
+    }
+
     Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) override {
         errno = 0;
         if (xendevicemodel_set_irq_level(h_->dm, domid, irq, level ? 1 : 0) != 0)

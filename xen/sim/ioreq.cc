@@ -225,6 +225,15 @@ public:
         return ok();
     }
 
+    Result<std::vector<IoServId>> ioreq_servers(DomId domid) override {
+        std::lock_guard lk(core_->mu);
+        auto dr = dm_domain_locked(domid, ("list ioreq servers of " + dom_name(domid)).c_str());
+        if (!dr) return std::move(dr).error();
+        std::vector<IoServId> out;
+        for (const auto& st : (*dr)->servers) out.push_back(st->id);
+        return out;
+    }
+
     Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) override {
         IrqEvent ev;
         ev.kind = IrqEvent::Spi;

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "xv/result.h"
 #include "xv/xen/types.h"
@@ -99,6 +100,13 @@ public:
     /// domain dies or this call, whatever happens to the process that
     /// created it. ENOENT when there is no such server.
     virtual Result<void> destroy_ioreq_server(DomId domid, IoServId id) = 0;
+
+    /// Ids of the ioreq servers of `domid` that this domain emulates
+    /// (another emulator domain's are not listed). Xen keeps at most 8 per
+    /// domain (MAX_NR_IOREQ_SERVERS, ids 0..7) and libxendevicemodel has no
+    /// list call: each id is probed with XEN_DMOP_get_ioreq_server_info
+    /// without gfns (ENOENT: free; EPERM: another domain's server).
+    virtual Result<std::vector<IoServId>> ioreq_servers(DomId domid) = 0;
 
     /// Arm: sets the level of an SPI of the guest (edge lines: raise, lower).
     virtual Result<void> set_irq_level(DomId domid, std::uint32_t irq, bool level) = 0;
