@@ -12,7 +12,6 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
-#include <deque>
 #include <mutex>
 #include <random>
 
@@ -125,6 +124,8 @@ struct Core {
     bool link_up = true;
     bool announce = false;
     bool promisc = true;
+    /// promisc, readable without the lock (set with it, under cfg_mu).
+    std::atomic<bool> promisc_fast{true};
     bool allmulti = false;
     bool alluni = false;
     std::vector<Mac> uc, mc;
@@ -139,6 +140,8 @@ struct Core {
 
     /// virtio 1.2 §5.1.6.5.1/§5.1.6.5.2: rx mode and MAC table filtering.
     bool accept(const Mac& d) const {
+        // The usual case (promiscuous: every frame) without taking the lock.
+        if (promisc_fast.load(std::memory_order_acquire)) return true;
         std::lock_guard lk(cfg_mu);
         if (promisc) return true;
         static constexpr Mac kBcast{0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
@@ -146,6 +149,40 @@ struct Core {
         if (d[0] & 1) return allmulti || std::find(mc.begin(), mc.end(), d) != mc.end();
         return alluni || d == mac || std::find(uc.begin(), uc.end(), d) != uc.end();
     }
+};
+
+/// Popped chains in ring order: a vector and the index of the first. (A
+/// std::deque of chains, which are larger than its 512-byte nodes, would
+/// allocate and free a node per chain.)
+class ChainFifo {
+public:
+    bool empty() const noexcept { return head_ == v_.size(); }
+    std::size_t size() const noexcept { return v_.size() - head_; }
+    DescriptorChain& front() noexcept { return v_[head_]; }
+    DescriptorChain& operator[](std::size_t i) noexcept { return v_[head_ + i]; }
+    auto begin() noexcept { return v_.begin() + static_cast<std::ptrdiff_t>(head_); }
+    auto end() noexcept { return v_.end(); }
+    void reserve(std::size_t n) { v_.reserve(n); }
+    /// Drops the first chain (normally moved out just before).
+    void pop_front() noexcept {
+        if (v_[head_].valid()) v_[head_] = DescriptorChain{};  // goes back to its queue, as a destroyed one would
+        if (++head_ == v_.size()) clear();
+    }
+    void push_back(DescriptorChain&& c) {
+        if (head_ > 0 && v_.size() == v_.capacity()) {
+            v_.erase(v_.begin(), v_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
+        }
+        v_.push_back(std::move(c));
+    }
+    void clear() noexcept {
+        v_.clear();
+        head_ = 0;
+    }
+
+private:
+    std::vector<DescriptorChain> v_;
+    std::size_t head_ = 0;
 };
 
 /// One rx/tx queue pair of an active session.
@@ -159,7 +196,7 @@ struct Pair {
     Virtqueue* rxq = nullptr;
     std::optional<asio::posix::stream_descriptor> rxd;
     bool rx_armed = false;
-    std::deque<DescriptorChain> held;  ///< popped rx chains not used yet
+    ChainFifo held;  ///< popped rx chains not used yet
     std::vector<DescriptorChain> rx_pop;  ///< one pop_batch() before the chains join `held`
     std::vector<iovec> rx_iov;            ///< the readv list, kept between frames
     std::vector<std::uint32_t> rx_lens;   ///< used lengths of a merged frame
@@ -282,6 +319,7 @@ Result<void> Session::start() {
         std::lock_guard lk(core_->cfg_mu);
         // §5.1.6.5.1: rx mode starts promiscuous until the driver says otherwise.
         core_->promisc = true;
+        core_->promisc_fast.store(true, std::memory_order_release);
         core_->allmulti = core_->alluni = false;
         core_->uc.clear();
         core_->mc.clear();
@@ -304,6 +342,7 @@ Result<void> Session::start() {
             p->rxd.emplace(rxq->strand(), d);
             p->spill.resize(hdr_len_ + net_hdr::kMaxFrame);
             p->rx_done.reserve(2 * kRxBatch);
+            p->held.reserve(2 * kRxBatch);
             p->rx_done_len.reserve(2 * kRxBatch);
         }
         if (txq) {
@@ -422,8 +461,11 @@ void Session::rx_flush(Pair& p) {
 }
 
 bool Session::rx_fill(Pair& p, bool& pushed) {
+    // Room held for the next frame: one chain without MRG_RXBUF (§5.1.6.3.2),
+    // else chains up to rx_target_ (counted only as far as needed).
     std::size_t cap = 0;
-    for (auto& c : p.held) cap += c.writable_bytes();
+    for (std::size_t i = 0; i < p.held.size() && (mrg_ ? cap < rx_target_ : cap == 0); ++i)
+        cap += p.held[i].writable_bytes();
     for (;;) {
         if (!p.held.empty() && (!mrg_ || cap >= rx_target_)) return true;
         // A batch of chains in one grant map call. Empty, or broken (the
@@ -871,6 +913,7 @@ NetError Session::ctrl_execute(std::uint8_t cls, std::uint8_t cmd, const std::ve
             if (data.size() != 1) return NetError::CtrlMalformed;
             std::lock_guard lk(core_->cfg_mu);
             (cmd == kRxPromisc ? core_->promisc : core_->allmulti) = u8(0) != 0;
+            core_->promisc_fast.store(core_->promisc, std::memory_order_release);
             return NetError::None;
         }
         case kClassMac: {
