@@ -10,29 +10,32 @@
 // measured in the same run, under the same background load.
 //
 // Shapes, each printed with the honest guest's rate and latency in both
-// windows, the ratio (goal >= 0.80), the worst round, and the host CPU
-// used by each guest's backend threads (executor + io_uring workers), by
-// each simulated guest's vCPU threads and by the rest:
-//   - each guest on its own I/O thread (workers = 1), honest guest
-//     saturating (4 reads always in flight: it wants a whole host CPU of
-//     its own, backend and simulated vCPU together);
-//   - the same, honest guest paced at XV_FAIRNESS_RATE reads a second
-//     (default 2000, at most 4 in flight): met when it gets >= 80 % of its
-//     solo rate under the flood and its p99 latency stays within 4 / rate;
-//   - each guest on two I/O threads; one shared executor (the design
-//     before guest_executor.h);
-//   - with XV_FAIRNESS_CGROUP=/sys/fs/cgroup/cpu (cgroup v1, root): the two
-//     per-guest shapes again with each guest's backend threads and each
-//     simulated guest's vCPUs in a cpu cgroup of its own, equal weights (a
-//     deployment's one unit per guest; Xen's per-domain weights).
+// windows, the ratio (goal >= 0.80), the worst round, the host CPU used by
+// each guest's backend threads (executor + io_uring workers), by each
+// simulated guest's vCPU threads and by the rest, how long the honest
+// backend waited for a CPU, and the honest backend's CPU per request:
+//   - deployment shape: each guest's simulator and worker (`serve --domid
+//     N`: a manager for that guest, the guest on its own I/O thread) in a
+//     process of its own, the flooder's forked first; honest guest
+//     saturating (4 reads always in flight), then paced at XV_FAIRNESS_RATE
+//     reads a second (default 2000, at most 4 in flight: met when it gets
+//     >= 80 % of its solo rate and its p99 latency stays within 4 / rate);
+//   - with XV_FAIRNESS_CGROUP=/sys/fs/cgroup/cpu (cgroup v1, root): the
+//     same with each worker process in a cpu cgroup of its own, equal
+//     weights (systemd's default CPUWeight, which xen-virtiod@.service
+//     keeps);
+//   - single-process shape: both guests' backends in one process, each on
+//     its own I/O thread (saturating, paced), two threads each, one shared
+//     executor, and with XV_FAIRNESS_CGROUP its per-guest thread groups.
 //
 // Environment: XV_FAIRNESS_ROUNDS (default 10), XV_FAIRNESS_WINDOW_MS
 // (default 300), XV_FAIRNESS_RATE, XV_FAIRNESS_CGROUP, XV_TEST_IMAGE_DIR
 // (the honest image, default /var/tmp), XV_FAIRNESS_PROTECT=0 (the
 // simulator hands out views of premapped guest RAM instead of one mmap per
-// grant mapping).
+// grant mapping), XV_FAIRNESS_ONLY=deployment|single.
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 
 #include "fairness.h"
@@ -54,9 +57,9 @@ void print_cpu(const char* what, const xv::daemon::testing::CpuSplit& c) {
         return;
     }
     std::printf("  CPU, %-16s: backend honest %.2f, flooder %.2f (flooder %2.0f %% of the backend); "
-                "simulated vCPUs honest %.2f, flooder %.2f; other %.2f\n",
+                "simulated vCPUs honest %.2f, flooder %.2f; other %.2f; honest backend waited for a CPU %.2f\n",
                 what, c.honest_backend, c.flood_backend, 100 * c.flood_backend_share(), c.honest_vcpus, c.flood_vcpus,
-                c.other);
+                c.other, c.honest_backend_wait);
 }
 
 }  // namespace
@@ -66,34 +69,48 @@ int main() {
     spdlog::set_level(spdlog::level::warn);
     constexpr double kGoal = 0.80;
     bool ok = true;
-    double saturating_ratio = 0, paced_ratio = 0;
-    bool paced_p99_ok = false;
     const unsigned rate = env_uint("XV_FAIRNESS_RATE", 2000);
     struct Shape {
+        bool processes;  // one worker process per guest (the deployment's shape)
         bool per_guest;
         unsigned threads;
         unsigned rate;  // 0: saturating
+        bool grouped;   // per-guest (per-process) cpu cgroups of equal weight
         const char* name;
     };
+    // The two-process shapes run first, while this process has started no
+    // thread yet (each forks the flooder's process before its own threads).
     const Shape shapes[] = {
-        {true, 1, 0, "own I/O threads per guest, workers = 1 (xen-virtiod; 2 guests on 2 cores), saturating honest guest"},
-        {true, 1, rate, "own I/O threads per guest, workers = 1, paced honest guest"},
-        {true, 2, 0, "own I/O threads per guest, workers = 2, saturating"},
-        {false, 2, 0, "one shared executor, 2 threads (the previous design), saturating"},
-        {true, 1, 0, "per-guest cgroups of equal weight, workers = 1, saturating honest guest"},
-        {true, 1, rate, "per-guest cgroups of equal weight, workers = 1, paced honest guest"}};
+        {true, true, 1, 0, false, "deployment shape: one worker process per guest, workers = 1, saturating honest guest"},
+        {true, true, 1, rate, false, "deployment shape: one worker process per guest, workers = 1, paced honest guest"},
+        {true, true, 1, 0, true, "deployment shape + per-worker cgroups of equal weight, saturating honest guest"},
+        {true, true, 1, rate, true, "deployment shape + per-worker cgroups of equal weight, paced honest guest"},
+        {false, true, 1, 0, false, "single-process shape: both guests' backends in one process, own I/O thread each, saturating"},
+        {false, true, 1, rate, false, "single-process shape, own I/O thread each, paced honest guest"},
+        {false, true, 2, 0, false, "single-process shape, two I/O threads per guest, saturating"},
+        {false, false, 2, 0, false, "single-process shape, one shared executor, 2 threads (the design before per-guest executors), saturating"},
+        {false, true, 1, 0, true, "single-process shape + per-guest cgroups of equal weight, saturating"},
+        {false, true, 1, rate, true, "single-process shape + per-guest cgroups of equal weight, paced"}};
     const char* cgroup = std::getenv("XV_FAIRNESS_CGROUP");
+    struct Verdict {
+        double ratio = -1;
+        bool p99_ok = false;
+    };
+    std::map<std::string, Verdict> verdicts;  // "<processes>/<grouped>/<paced>"
+    // XV_FAIRNESS_ONLY=deployment or =single: only those shapes.
+    const char* only = std::getenv("XV_FAIRNESS_ONLY");
+    const std::string only_s = only ? only : "";
     for (const Shape& sh : shapes) {
-        const bool grouped = std::string(sh.name).rfind("per-guest cgroups", 0) == 0;
-        if (grouped && !(cgroup && *cgroup)) continue;
-        const bool main_shape = sh.per_guest && sh.threads == 1 && !grouped;
+        if (sh.grouped && !(cgroup && *cgroup)) continue;
+        if ((only_s == "deployment" && !sh.processes) || (only_s == "single" && sh.processes)) continue;
         FairnessOptions o;
         o.rounds = env_uint("XV_FAIRNESS_ROUNDS", 10);
         o.window = std::chrono::milliseconds(env_uint("XV_FAIRNESS_WINDOW_MS", 300));
         o.per_guest_threads = sh.per_guest;
         o.io_threads = sh.threads;
         o.honest_rate = sh.rate;
-        if (grouped) o.cpu_cgroup = cgroup;
+        o.separate_processes = sh.processes;
+        if (sh.grouped) o.cpu_cgroup = cgroup;
         if (const char* pp = std::getenv("XV_FAIRNESS_PROTECT"); pp && *pp == '0') o.protect_pages = false;
         auto r = measure_fairness(o);
         const char* shape = sh.name;
@@ -121,22 +138,37 @@ int main() {
         print_cpu("flood off", r->solo_cpu);
         print_cpu("flood on", r->flooded_cpu);
         if (r->flooded_cpu.sampled && r->flooded_rps > 0 && r->flooder_rps > 0)
-            std::printf("  backend CPU per request : honest %.1f us, flooder %.1f us (flood on)\n",
+            std::printf("  backend CPU per request : honest %.1f us (flood off %.1f us), flooder %.1f us (flood on)\n",
                         1e6 * r->flooded_cpu.honest_backend / r->flooded_rps,
+                        r->solo_rps > 0 ? 1e6 * r->solo_cpu.honest_backend / r->solo_rps : 0.0,
                         1e6 * r->flooded_cpu.flood_backend / r->flooder_rps);
-        if (main_shape && !sh.rate) saturating_ratio = r->ratio();
-        if (main_shape && sh.rate) {
-            // The paced guest is served when it gets its rate with the flood on
-            // as without, and its p99 latency stays under its 2 ms budget
+        std::fflush(stdout);
+        if (sh.per_guest && sh.threads == 1) {
+            // The paced guest is served when it gets its rate with the flood
+            // on as without, and its p99 latency stays under its budget
             // (4 reads in flight at `rate`: 4 / rate seconds, 2 ms at 2000/s).
-            paced_ratio = r->ratio();
-            paced_p99_ok = r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
+            Verdict& v = verdicts[std::string(sh.processes ? "p" : "s") + (sh.grouped ? "g" : "-") +
+                                  (sh.rate ? "r" : "-")];
+            v.ratio = r->ratio();
+            v.p99_ok = !sh.rate || r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
         }
     }
-    std::printf("fairness, saturating honest guest: %s (ratio %.2f, goal >= %.2f)\n",
-                saturating_ratio >= kGoal ? "MET" : "NOT MET", saturating_ratio, kGoal);
-    std::printf("fairness, paced honest guest     : %s (ratio %.2f, goal >= %.2f; p99 latency %s its %u-in-flight budget)\n",
-                paced_ratio >= kGoal && paced_p99_ok ? "MET" : "NOT MET", paced_ratio, kGoal,
-                paced_p99_ok ? "within" : "beyond", 4u);
+    auto say = [&](const char* what, const char* key) {
+        auto it = verdicts.find(key);
+        if (it == verdicts.end()) return;
+        const bool paced = key[2] == 'r';
+        const bool met = it->second.ratio >= kGoal && it->second.p99_ok;
+        std::printf("fairness, %-58s: %s (ratio %.2f, goal >= %.2f%s)\n", what, met ? "MET" : "NOT MET",
+                    it->second.ratio, kGoal,
+                    paced ? (it->second.p99_ok ? "; p99 latency within its 4-in-flight budget"
+                                               : "; p99 latency beyond its 4-in-flight budget")
+                          : "");
+    };
+    say("deployment shape (a process per guest), saturating", "p--");
+    say("deployment shape (a process per guest), paced", "p-r");
+    say("deployment shape + per-worker cgroups, saturating", "pg-");
+    say("deployment shape + per-worker cgroups, paced", "pgr");
+    say("single-process shape, saturating", "s--");
+    say("single-process shape, paced", "s-r");
     return ok ? 0 : 1;
 }

@@ -203,52 +203,84 @@ TEST(DaemonE2E, PlanMatchesAnnouncedDevicesToConfigurationAndRefusesUnknownGener
 }
 
 // Issue 5: "Two guests at once: one flooding its queues, the other's
-// throughput stays within 20 % of running alone." Each guest runs on its
-// own I/O thread (guest_executor.h; workers = 1, two guests on a 2-core
-// machine), as each runs in its own worker process on Xen. The honest
-// guest keeps 4 verified 4 KiB reads in flight on a file; the flood (64 KiB
-// requests on two queues, a kick per request) is switched on and off in
-// alternating windows, so both sides of the ratio see the same background
-// load (fairness.h).
+// throughput stays within 20 % of running alone." In the deployment's
+// shape: each guest's simulator and worker (what `serve --domid N` runs:
+// a manager for that guest only, the guest on its own I/O thread) in a
+// process of its own, the flooder's forked before any thread starts
+// (fairness.h). The honest guest keeps 4 verified 4 KiB reads in flight on
+// a file; the flood (64 KiB requests on two queues, a kick per request) is
+// switched on and off in alternating windows, so both sides of the ratio
+// see the same background load.
 //
-// Asserted, because the daemon decides it: the two guests ran on separate
-// executors, neither the manager's (no handler of the honest guest is ever
-// queued behind the flood's); the flood really ran; every request of both
-// guests completed with status OK and the honest guest read the right
-// bytes. The rate ratio is asserted only at kMinShare = 0.25, not at the
-// goal's 0.80: in this build (ASan+UBSan, debug) on a 2-core machine shared
-// with compilers and other tests (load average 13-17 while this was
-// written), the simulated guests' vCPUs are threads of this process that
-// compete with the daemon for the same two CPUs (on Xen they run on their
-// own physical CPUs), so the ratio mostly measures the kernel's share of
-// a loaded CPU. Measured here: 0.43 with two threads per guest; with all
-// guests on one shared executor 0.15 to 0.61 (ASan) and 0.14 to 0.21
-// (release). The figure against the goal comes from bench/daemon
-// (fairness_bench, release build), which prints all three shapes.
+// Asserted, because the daemon decides it: every request of both guests
+// completed with status OK and the honest guest read the right bytes; the
+// flood really ran; and each honest request costs its worker no more CPU
+// with the flood on than off (within 50 %): the flooder's grant mappings
+// (mmap/munmap, the mm lock, TLB shootdowns) stay in its own process. In
+// one process for both guests that cost was 2.1 to 3.6 times the solo cost
+// (bench/daemon, release build), which took the honest rate to 0.23-0.29
+// of solo; measured here per request (release, loaded 2-core machine):
+// 1.02 to 1.07 times. The rate ratio itself is asserted only at
+// kMinShare = 0.25, not at the goal's 0.80: the simulated guests' vCPUs
+// are threads on the same two CPUs as both workers (on Xen they run on
+// the guests' own physical CPUs), and on a loaded CI machine the rate
+// measures the CPU the kernel gives this test. The figure against the goal
+// comes from bench/daemon (fairness_bench), which prints both shapes.
 TEST(DaemonE2E, TwoGuestsAtOnceTheFloodersNeighbourKeepsItsShare) {
-    constexpr double kMinShare = 0.25;
+    constexpr double kMinShare = 0.25, kMaxCostGrowth = 1.5;
     FairnessOptions o;
+    o.separate_processes = true;
     auto r = measure_fairness(o);
     ASSERT_TRUE(r.has_value()) << r.error().describe();
     ASSERT_TRUE(r->failure.empty()) << r->failure;
+    EXPECT_TRUE(r->separate_processes);
     std::printf("honest guest: %.0f requests/s with the flood off, %.0f with it on (%.0f %%, worst round %.0f %%); "
                 "flooder %.0f requests/s of %u KiB\n",
                 r->solo_rps, r->flooded_rps, 100 * r->ratio(), 100 * r->worst_round, r->flooder_rps,
                 o.flood_len / 1024);
-    const CpuSplit& c = r->flooded_cpu;
-    if (c.sampled)
-        std::printf("host CPUs, flood on: backend honest %.2f, flooder %.2f; simulated vCPUs honest %.2f, flooder %.2f; "
-                    "other %.2f\n",
-                    c.honest_backend, c.flood_backend, c.honest_vcpus, c.flood_vcpus, c.other);
-    EXPECT_TRUE(r->separate_executors) << "the guests share an executor";
-    // Each guest's backend work runs on its own threads: the honest guest's
-    // executor ran during the flood (it was not starved outright).
-    if (c.sampled) {
-        EXPECT_GT(c.honest_backend, 0.0);
-    }
+    const CpuSplit &c0 = r->solo_cpu, &c = r->flooded_cpu;
     EXPECT_GT(r->honest_requests, 500u) << "too few honest requests for a ratio";
     EXPECT_GT(r->flooder_requests, 500u) << "the flood did not really run: nothing was measured";
+    if (c.sampled && c0.sampled) {
+        std::printf("host CPUs, flood on: honest worker %.2f (waited for a CPU %.2f), flooder's worker %.2f; simulated "
+                    "vCPUs honest %.2f, flooder %.2f\n",
+                    c.honest_backend, c.honest_backend_wait, c.flood_backend, c.honest_vcpus, c.flood_vcpus);
+        ASSERT_GT(r->solo_rps, 0.0);
+        ASSERT_GT(r->flooded_rps, 0.0);
+        EXPECT_GT(c.flood_backend, 0.0) << "the flooder's worker threads were not found";
+        const double cost_off = c0.honest_backend / r->solo_rps, cost_on = c.honest_backend / r->flooded_rps;
+        std::printf("honest worker CPU per request: %.1f us with the flood off, %.1f us with it on (x%.2f)\n",
+                    1e6 * cost_off, 1e6 * cost_on, cost_off > 0 ? cost_on / cost_off : 0.0);
+        EXPECT_GT(cost_off, 0.0);
+        EXPECT_LE(cost_on, kMaxCostGrowth * cost_off)
+            << "the flood makes each of the honest guest's requests costlier for its own worker";
+    }
     EXPECT_GE(r->ratio(), kMinShare);
+}
+
+// In one process (the simulator's `demo`, or a daemon serving several
+// guests in-process) each guest runs on its own executor, neither the
+// manager's: no handler of one guest is ever queued behind another's.
+TEST(DaemonE2E, TwoGuestsInOneProcessRunOnSeparateExecutors) {
+    TempImage a(4 << 20), b(4 << 20);
+    Host h(domains_toml({{"g1", "unsafe"}, {"g2", "unsafe"}}) + blk_toml("g1", a.path.string()) +
+           blk_toml("g2", b.path.string()));
+    auto d1 = create_guest(h, "g1");
+    auto d2 = create_guest(h, "g2");
+    ASSERT_TRUE(d1 && d2);
+    ASSERT_TRUE(h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
+    ASSERT_TRUE(h.sim->add_virtio_device(spec(*d2, 0, "virtio,device2")).has_value());
+    auto v = h.start({}, 1);
+    ASSERT_TRUE(v.has_value()) << v.error().describe();
+    auto ss = h.sessions();
+    ASSERT_EQ(ss.size(), 2u);
+    const auto mex = boost::asio::any_io_executor(h.io.get_executor());
+    EXPECT_NE(ss[0]->executor(), ss[1]->executor());
+    EXPECT_NE(ss[0]->executor(), mex);
+    EXPECT_NE(ss[1]->executor(), mex);
+    // Both are served.
+    blk_roundtrip(*h.sim->guest(*d1), kBase, 33, 0, std::vector<std::byte>(4096, std::byte{0x11}));
+    blk_roundtrip(*h.sim->guest(*d2), kBase, 33, 0, std::vector<std::byte>(4096, std::byte{0x22}));
 }
 
 }  // namespace

@@ -1,6 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0-only
-// Two guests served by one daemon at once (issue 5: "one flooding its
-// queues, the other's throughput stays within 20 % of running alone").
+// Two guests served at once (issue 5: "one flooding its queues, the
+// other's throughput stays within 20 % of running alone"), in two shapes:
+//
+//   separate processes  the deployment's: each guest's simulator and worker
+//                       (a `serve --domid N` manager, the guest on its own
+//                       executor) in a process of its own; the flooder's is
+//                       forked before any thread starts and driven through
+//                       a shared page (the sim is in-process: one simulator
+//                       cannot serve two processes, so each has its own)
+//   one process         one simulator, one daemon serving both guests,
+//                       each on its own executor (or one shared executor)
+//
+// In one process every grant mapping of either guest is an mmap/munmap of
+// the same address space (the mm lock, TLB shootdowns to every thread), so
+// the flooder's mappings make each honest request costlier; in the
+// deployment each worker's mappings stay in its own process.
 //
 // The honest guest keeps `honest_depth` 4 KiB random reads in flight on one
 // queue against an image on the real filesystem (not tmpfs; O_DIRECT), and checks
@@ -28,8 +42,9 @@
 // little CPU, where the rate achieved and the completion latency show what
 // the backend gives it).
 //
-// CPU accounting: every thread's run time (/proc/self/task/*/schedstat,
-// nanoseconds) is sampled around each window and split into the backend's
+// CPU accounting: every thread's run time and run-queue wait
+// (/proc/<pid>/task/*/schedstat, nanoseconds; both processes in the
+// deployment's shape) is sampled around each window and split into the backend's
 // threads of each guest (its executor threads "xv-dom<id>" and the
 // io_uring workers "iou-wrk-<tid>" they start), the simulated guests'
 // vCPU threads (on real Xen: the guests' own physical CPUs, not the
@@ -40,13 +55,17 @@
 #pragma once
 
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -93,8 +112,18 @@ struct FairnessOptions {
     /// are moved into a group of their own, all four of equal weight, as a
     /// deployment runs one worker unit per guest (xen-virtiod@.service,
     /// one cgroup each) and Xen schedules each domain by its weight. Empty:
-    /// every thread is scheduled on its own (the default).
+    /// every thread is scheduled on its own (the default). With
+    /// separate_processes: one group per worker process, equal weights (the
+    /// default CPUWeight of a systemd unit, as each xen-virtiod@.service
+    /// instance gets).
     std::string cpu_cgroup;
+    /// The deployment's shape: each guest's simulator and worker (a
+    /// `serve --domid N` manager, its guest on its own executor) in a
+    /// process of its own, forked before any thread starts. Grant mappings
+    /// (mmap/munmap, the mm lock, TLB shootdowns) are then per process, as
+    /// they are per worker on Xen. false: both guests' backends in this
+    /// one process (the single-process shape).
+    bool separate_processes = false;
 };
 
 /// Host CPUs in use (CPU seconds per second) by each part, over windows of one kind.
@@ -103,7 +132,10 @@ struct CpuSplit {
     double flood_backend = 0;   ///< the flooder's
     double honest_vcpus = 0;    ///< the simulated honest guest (its vCPU thread)
     double flood_vcpus = 0;     ///< the simulated flooder (one vCPU thread per queue)
-    double other = 0;           ///< the rest: manager, simulator, shared executor
+    double other = 0;           ///< the rest: manager(s), simulator(s), shared executor
+    /// Time the honest guest's backend threads were runnable but waited for
+    /// a CPU (seconds per second): the scheduler's delay, not our code's.
+    double honest_backend_wait = 0;
     bool sampled = false;       ///< schedstat was readable
     /// The flooder's part of the backend's CPU.
     double flood_backend_share() const {
@@ -123,6 +155,8 @@ struct FairnessResult {
     /// The two guests ran on two executors, neither the manager's: no
     /// handler of one guest was ever queued behind the other's.
     bool separate_executors = false;
+    /// The flooder's simulator and worker ran in a process of their own.
+    bool separate_processes = false;
     CpuSplit solo_cpu, flooded_cpu;  ///< CPU use in the solo and the flooded windows
     /// Honest completion latency (from submission), microseconds, over all
     /// solo / flooded windows.
@@ -190,23 +224,26 @@ inline Result<std::uint16_t> submit(guest::VirtqueueDriver& q, Slot& s, std::uin
     return r->id;
 }
 
-/// Run time in nanoseconds and name of every thread of this process
-/// (tid -> {comm, ns}); empty when /proc/self/task/<tid>/schedstat cannot
-/// be read (a kernel without CONFIG_SCHED_INFO).
+/// Run time in nanoseconds and name of every thread of process `pid` (0:
+/// this one) (tid -> {comm, ns}); empty when /proc/<pid>/task/<tid>/schedstat
+/// cannot be read (a kernel without CONFIG_SCHED_INFO). Thread ids are
+/// unique across processes, so two processes' maps can be merged.
 struct TaskTime {
     std::string comm;
-    std::uint64_t ns = 0;
+    std::uint64_t ns = 0;       ///< on a CPU
+    std::uint64_t wait_ns = 0;  ///< runnable, waiting for a CPU (schedstat's second field)
 };
-inline std::map<int, TaskTime> task_times() {
+inline std::map<int, TaskTime> task_times(int pid = 0) {
     std::map<int, TaskTime> out;
-    DIR* d = ::opendir("/proc/self/task");
+    const std::string base = pid ? "/proc/" + std::to_string(pid) + "/task" : std::string("/proc/self/task");
+    DIR* d = ::opendir(base.c_str());
     if (!d) return out;
     while (dirent* e = ::readdir(d)) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-        const std::string dir = std::string("/proc/self/task/") + e->d_name;
+        const std::string dir = base + "/" + e->d_name;
         std::ifstream ss(dir + "/schedstat"), cs(dir + "/comm");
         TaskTime t;
-        if (!(ss >> t.ns)) continue;
+        if (!(ss >> t.ns >> t.wait_ns)) continue;
         std::getline(cs, t.comm);
         out[std::atoi(e->d_name)] = std::move(t);
     }
@@ -220,10 +257,11 @@ inline void add_task_delta(std::map<int, TaskTime>& acc, const std::map<int, Tas
                            const std::map<int, TaskTime>& b) {
     for (const auto& [tid, t] : b) {
         auto it = a.find(tid);
-        const std::uint64_t before = it != a.end() && it->second.ns <= t.ns ? it->second.ns : 0;
+        const bool known = it != a.end() && it->second.ns <= t.ns && it->second.wait_ns <= t.wait_ns;
         auto& x = acc[tid];
         x.comm = t.comm;
-        x.ns += t.ns - before;
+        x.ns += t.ns - (known ? it->second.ns : 0);
+        x.wait_ns += t.wait_ns - (known ? it->second.wait_ns : 0);
     }
 }
 
@@ -237,7 +275,7 @@ inline CpuSplit split_cpu(const std::map<int, TaskTime>& acc, double seconds, co
     std::map<int, std::string> owner;
     for (const auto& [tid, t] : acc) owner[tid] = t.comm;
     for (const auto& [tid, t] : acc) {
-        const double cpu = double(t.ns) / 1e9 / seconds;
+        const double cpu = double(t.ns) / 1e9 / seconds, wait = double(t.wait_ns) / 1e9 / seconds;
         std::string who = t.comm;
         if (who.rfind("iou-wrk-", 0) == 0 || who.rfind("iou-sqp-", 0) == 0) {
             auto it = owner.find(std::atoi(who.c_str() + 8));
@@ -247,9 +285,10 @@ inline CpuSplit split_cpu(const std::map<int, TaskTime>& acc, double seconds, co
             c.honest_vcpus += cpu;
         else if (std::find(flood_vcpus.begin(), flood_vcpus.end(), tid) != flood_vcpus.end())
             c.flood_vcpus += cpu;
-        else if (who == honest_exec)
+        else if (who == honest_exec) {
             c.honest_backend += cpu;
-        else if (who == flood_exec)
+            c.honest_backend_wait += wait;
+        } else if (who == flood_exec)
             c.flood_backend += cpu;
         else
             c.other += cpu;
@@ -289,6 +328,9 @@ public:
     /// (io_uring workers cannot be moved; those started later inherit the
     /// group of the thread whose ring starts them).
     bool move(Kind k, int tid) { return put(kids_[k] + "/tasks", std::to_string(tid)); }
+    /// Moves every thread of process `pid` into group `k` (threads it
+    /// starts later are born there).
+    bool move_process(Kind k, int pid) { return put(kids_[k] + "/cgroup.procs", std::to_string(pid)); }
     ~CpuGroups() {
         for (int k = 0; k < kKinds; ++k) {
             if (!made_[k]) continue;
@@ -319,38 +361,355 @@ inline double quantile(std::vector<double>& v, double p) {
 
 }  // namespace fairness_detail
 
+
 /// The byte the honest image holds at `offset` (checked on every read).
 inline std::byte honest_pattern(std::uint64_t offset) {
     return std::byte((offset >> 9) * 131 + (offset & 511));
 }
 
-/// Runs the alternating windows on a fresh simulated host; an Error when
-/// the setup fails (the figures are then meaningless).
-inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
-    using namespace fairness_detail;
-    constexpr std::uint64_t kHonestBytes = 32ull << 20, kFloodBytes = 64ull << 20;
-    // The honest image is a file on the real filesystem, filled with the
-    // pattern. The daemon reads aligned requests with O_DIRECT (BlkConfig::
-    // direct), so the honest reads reach the disk; the flooder's image is on
-    // tmpfs: the two guests do not share a disk, only the host's CPUs.
-    TempImage honest_img(kHonestBytes, TempImage::Where::Filesystem), flood_img(kFloodBytes);
-    {
-        std::vector<char> buf(1 << 20);
-        std::ofstream f(honest_img.path, std::ios::binary | std::ios::in | std::ios::out);
-        for (std::uint64_t at = 0; at < kHonestBytes; at += buf.size()) {
-            for (std::size_t k = 0; k < buf.size(); ++k) buf[k] = char(honest_pattern(at + k));
-            f.write(buf.data(), std::streamsize(buf.size()));
-        }
-        if (!f) return make_error(std::errc::io_error, "cannot fill the honest image " + honest_img.path.string());
+namespace fairness_detail {
+
+inline constexpr std::uint64_t kHonestBytes = 32ull << 20, kFloodBytes = 64ull << 20;
+inline constexpr std::uint32_t kSpi = 33;  // the first virtio-mmio slot's SPI (spec())
+
+/// What the honest side and the flooder share: the flood switch and the
+/// flooder's counts. Only lock-free atomics and plain bytes, so it also
+/// works in a MAP_SHARED page between two processes.
+struct FloodControl {
+    std::atomic<bool> go{false};     ///< the flooder's process may start (it is in its cgroup)
+    std::atomic<bool> on{false};     ///< flood now
+    std::atomic<bool> quit{false};   ///< stop, let in-flight requests complete, exit
+    std::atomic<unsigned> ready{0};  ///< flooder vCPUs running
+    std::atomic<unsigned> in_flight{0};
+    std::atomic<std::uint64_t> done{0};
+    std::atomic<int> vcpu_tids[8] = {};
+    std::atomic<int> backend_domid{0};
+    std::atomic<bool> claimed{false}, failed{false};
+    char why[512] = {};
+    /// Records the first failure (any thread, either process).
+    void fail(const std::string& w) {
+        bool f = false;
+        if (!claimed.compare_exchange_strong(f, true)) return;
+        std::snprintf(why, sizeof why, "%s", w.c_str());
+        failed.store(true);
     }
+    std::string failure() const { return failed.load() ? std::string(why) : std::string(); }
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
+
+/// One simulated vCPU of the flooder: keeps every descriptor of queue `qi`
+/// busy with `flood_len` requests (writes and reads alternating), one kick
+/// per request, while ctl.on; otherwise lets what is in flight complete.
+inline void flood_vcpu(unsigned qi, xen::sim::SimGuest& fg, BlkGuest& fb, const FairnessOptions& o,
+                       FloodControl& ctl) {
+    ctl.vcpu_tids[qi] = int(::gettid());
+    (void)pthread_setname_np(pthread_self(), ("vcpu-flood" + std::to_string(qi)).c_str());
+    ++ctl.ready;
+    auto& q = *fb.q[qi];
+    // The vCPU of this queue kicks through its own transport handle.
+    auto tr = guest::make_mmio_guest(fg, kBase, false, qi);
+    if (!tr) return ctl.fail("flooder transport: " + tr.error().describe());
+    auto& t = *tr.value();
+    const unsigned nslots = 64 / 3;  // three descriptors per chain
+    std::vector<Slot> slots;
+    for (unsigned i = 0; i < nslots; ++i) {
+        auto s = make_slot(q, o.flood_len, i % 2 == 0);
+        if (!s) return ctl.fail("flooder: " + s.error().describe());
+        slots.push_back(*s);
+    }
+    const std::uint64_t span = kFloodBytes / o.flood_queues / o.flood_len;
+    std::mt19937_64 frng(qi + 1);
+    std::map<std::uint16_t, unsigned> by_head;
+    std::vector<unsigned> idle;
+    for (unsigned i = 0; i < nslots; ++i) idle.push_back(i);
+    std::uint64_t seen = fg.irq_count(kSpi);
+    while (!ctl.quit) {
+        while (ctl.on && !idle.empty()) {
+            unsigned i = idle.back();
+            idle.pop_back();
+            auto r = submit(q, slots[i], (qi * span + frng() % span) * (o.flood_len / 512));
+            if (!r) return ctl.fail("flooder submit: " + r.error().describe());
+            by_head[*r] = i;
+            ++ctl.in_flight;
+            (void)t.notify(std::uint16_t(qi));  // one kick per request: the flood
+        }
+        auto u = q.next_used();
+        if (!u) {
+            if (by_head.empty()) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                continue;
+            }
+            seen = fg.wait_irq(kSpi, seen, std::chrono::milliseconds(5));
+            (void)t.take_isr();
+            continue;
+        }
+        auto it = by_head.find(std::uint16_t(u->id));
+        if (it == by_head.end()) return ctl.fail("flooder: unknown used id");
+        unsigned i = it->second;
+        by_head.erase(it);
+        --ctl.in_flight;
+        if (slots[i].status.ptr[0] != std::byte{blk::kStatusOk}) return ctl.fail("flooder: status not OK");
+        ctl.done.fetch_add(1, std::memory_order_relaxed);
+        idle.push_back(i);
+    }
+}
+
+/// The honest guest: `honest_depth` reads of `honest_len` at random aligned
+/// offsets; each completion is checked (status, data).
+class HonestDriver {
+public:
+    HonestDriver(const FairnessOptions& o, xen::sim::SimGuest& g, BlkGuest& b) : o_(o), g_(g), b_(b), rng_(42) {
+        if (o.honest_rate)
+            period_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / o.honest_rate));
+    }
+    Result<void> init() {
+        for (unsigned i = 0; i < o_.honest_depth; ++i) {
+            auto s = make_slot(*b_.q[0], o_.honest_len, false);
+            if (!s) return std::move(s).error();
+            slots_.push_back(*s);
+        }
+        for (unsigned i = o_.honest_depth; i-- > 0;) free_.push_back(i);
+        return ok();
+    }
+    /// Runs the guest for `dur`; returns the requests completed and adds
+    /// their latencies (microseconds) to `lat`. Saturating: every free slot
+    /// is submitted at once. Paced: one read is due every period; a due
+    /// read waits for a free slot (then the rate achieved falls short).
+    std::uint64_t run(std::chrono::milliseconds dur, std::vector<double>* lat) {
+        const bool paced = o_.honest_rate > 0;
+        std::uint64_t n = 0;
+        const auto start = Clock::now(), end = start + dur;
+        auto next_due = start;
+        auto last_progress = start;
+        for (;;) {
+            auto now = Clock::now();
+            if (now >= end || !failure.empty()) break;
+            bool submitted = false;
+            while (!free_.empty() && (!paced || next_due <= now)) {
+                if (!submit_one()) return n;
+                submitted = true;
+                next_due += period_;
+            }
+            if (submitted) {
+                if (auto r = b_.t->notify(0); !r) {
+                    failure = "honest notify: " + r.error().describe();
+                    return n;
+                }
+            }
+            const std::uint64_t seen = g_.irq_count(kSpi);
+            auto u = b_.q[0]->next_used();
+            if (!u) {
+                if (now - last_progress > std::chrono::seconds(10) && !by_head_.empty()) {
+                    failure = "honest guest: no completion within 10 s";
+                    return n;
+                }
+                // Sleep until a completion, or the next due read (1 ms granularity).
+                auto wait = std::chrono::milliseconds(5);
+                if (paced && !free_.empty())
+                    wait = std::clamp(std::chrono::ceil<std::chrono::milliseconds>(next_due - now),
+                                      std::chrono::milliseconds(1), wait);
+                if (by_head_.empty() && paced)
+                    std::this_thread::sleep_until(std::min(next_due, end));
+                else
+                    (void)g_.wait_irq(kSpi, seen, wait);
+                (void)b_.t->take_isr();
+                continue;
+            }
+            auto it = by_head_.find(std::uint16_t(u->id));
+            if (it == by_head_.end()) {
+                failure = "honest guest: unknown used id";
+                return n;
+            }
+            const InFlight f = it->second;
+            by_head_.erase(it);
+            last_progress = Clock::now();
+            const Slot& s = slots_[f.slot];
+            if (s.status.ptr[0] != std::byte{blk::kStatusOk}) failure = "honest guest: status not OK";
+            for (std::uint32_t k = 0; k < o_.honest_len; k += 509)
+                if (s.data.ptr[k] != honest_pattern(f.offset + k)) {
+                    failure = "honest guest: wrong data at offset " + std::to_string(f.offset + k);
+                    break;
+                }
+            if (lat) lat->push_back(std::chrono::duration<double, std::micro>(last_progress - f.submitted).count());
+            free_.push_back(f.slot);
+            ++n;
+        }
+        return n;
+    }
+    std::string failure;
+
+private:
+    struct InFlight {
+        unsigned slot;
+        std::uint64_t offset;
+        Clock::time_point submitted;
+    };
+    bool submit_one() {
+        const unsigned i = free_.back();
+        free_.pop_back();
+        const std::uint64_t off = (rng_() % (kHonestBytes / o_.honest_len)) * o_.honest_len;
+        blk::OutHdr hd{blk::req::kIn, 0, off / 512};
+        std::memcpy(slots_[i].hdr.ptr, &hd, sizeof hd);
+        slots_[i].status.ptr[0] = std::byte{0xff};
+        auto r = b_.q[0]->chain().add(slots_[i].hdr, false).add(slots_[i].data, true).add(slots_[i].status, true).submit();
+        if (!r) {
+            failure = "honest submit: " + r.error().describe();
+            return false;
+        }
+        by_head_[std::uint16_t(r->id)] = {i, off, Clock::now()};
+        return true;
+    }
+    const FairnessOptions& o_;
+    xen::sim::SimGuest& g_;
+    BlkGuest& b_;
+    std::mt19937_64 rng_;
+    Clock::duration period_{0};
+    std::vector<Slot> slots_;
+    std::map<std::uint16_t, InFlight> by_head_;
+    std::vector<unsigned> free_;
+};
+
+/// The honest image: a file on the real filesystem filled with the pattern.
+/// The daemon reads aligned requests with O_DIRECT (BlkConfig::direct), so
+/// the honest reads reach the disk; the flooder's image is on tmpfs: the
+/// two guests do not share a disk, only the host's CPUs.
+inline Result<void> fill_honest_image(const TempImage& img) {
+    std::vector<char> buf(1 << 20);
+    std::ofstream f(img.path, std::ios::binary | std::ios::in | std::ios::out);
+    for (std::uint64_t at = 0; at < kHonestBytes; at += buf.size()) {
+        for (std::size_t k = 0; k < buf.size(); ++k) buf[k] = char(honest_pattern(at + k));
+        f.write(buf.data(), std::streamsize(buf.size()));
+    }
+    if (!f) return make_error(std::errc::io_error, "cannot fill the honest image " + img.path.string());
+    return ok();
+}
+
+inline xen::sim::SimOptions sim_options(const FairnessOptions& o) {
+    xen::sim::SimOptions so;
+    so.protect_pages = o.protect_pages;
+    return so;
+}
+
+/// Starts one guest's worker on `h` as `xen-virtiod serve --domid N` does
+/// (serve.cc): a manager for that guest only on one thread, the guest on
+/// its own executor with `io_threads` threads.
+inline Result<void> start_worker(Host& h, xen::DomId domid, unsigned io_threads) {
+    ManagerOptions mo;
+    mo.only_guest = domid;
+    mo.threads_per_guest = io_threads;
+    auto v = h.start(std::move(mo), 1);
+    if (!v) return std::move(v).error();
+    if (h.sessions().size() != 1)
+        return make_error(std::errc::io_error, "the worker serves " + std::to_string(h.sessions().size()) +
+                                                   " guests, not 1");
+    return ok();
+}
+
+/// The flooder's worker process: its own simulator with the flooding guest,
+/// the worker serving it, the flooding vCPUs; runs until ctl.quit. The
+/// flooder is dom2 here (dom1 is created and left idle), so that its
+/// executor's thread name differs from the honest guest's.
+inline int flood_process(const FairnessOptions& o, FloodControl& ctl) {
+    for (int k = 0; k < 20000 && !ctl.go && !ctl.quit; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (ctl.quit) return 1;
+    TempImage flood_img(kFloodBytes);
+    Host h(domains_toml({{"flood", "unsafe"}}) +
+               blk_toml("flood", flood_img.path.string(), "queues = " + std::to_string(o.flood_queues) + "\n"),
+           sim_options(o));
+    {
+        xen::sim::DomainConfig idle;
+        idle.name = "idle";
+        idle.vcpus = 1;
+        (void)h.sim->create_domain(idle);
+    }
+    auto flood = create_guest(h, "flood", o.flood_queues);
+    if (!flood) return ctl.fail("flooder process: cannot create the simulated guest"), 1;
+    if (auto r = h.sim->add_virtio_device(spec(*flood, 0, "virtio,device2")); !r)
+        return ctl.fail("flooder process: " + r.error().describe()), 1;
+    if (auto r = start_worker(h, *flood, o.io_threads); !r)
+        return ctl.fail("flooder process: " + r.error().describe()), 1;
+    ctl.backend_domid = int(*flood);
+    auto fg = h.sim->guest(*flood);
+    BlkGuest fb;
+    if (auto r = fb.attach(*fg, 0, o.flood_queues); !r) return ctl.fail("flooder process: " + r.error().describe()), 1;
+    std::vector<std::thread> vcpus;
+    for (unsigned qi = 0; qi < o.flood_queues; ++qi)
+        vcpus.emplace_back([&, qi] { flood_vcpu(qi, *fg, fb, o, ctl); });
+    for (auto& t : vcpus) t.join();  // they return on ctl.quit (or a failure)
+    h.shutdown();
+    return ctl.failed ? 1 : 0;
+}
+
+/// The alternating windows, the honest side's accounts.
+struct Windows {
+    double solo_time = 0, flood_time = 0;
+    std::uint64_t solo_n = 0, flood_n = 0, flooder_n = 0;
+    std::vector<double> solo_lat, flood_lat;
+    std::map<int, TaskTime> solo_tasks, flood_tasks;
+    double worst = 1e9;
+
+    /// `sample()` returns the run time of every thread that counts.
+    template <class Sample>
+    void run(const FairnessOptions& o, FloodControl& ctl, HonestDriver& honest, Sample&& sample) {
+        for (unsigned round = 0; round < o.rounds && honest.failure.empty() && !ctl.failed; ++round) {
+            // Solo: the flood drained (bounded wait; the flooder owns at most 21 chains a queue).
+            ctl.on = false;
+            for (int k = 0; k < 2000 && ctl.in_flight.load() > 0; ++k)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            (void)honest.run(std::chrono::milliseconds(10), nullptr);  // the honest ring refilled after the switch
+            auto c0 = sample();
+            auto t0 = Clock::now();
+            const std::uint64_t a = honest.run(o.window, &solo_lat);
+            const double ts = std::chrono::duration<double>(Clock::now() - t0).count();
+            add_task_delta(solo_tasks, c0, sample());
+            // Flooded.
+            ctl.on = true;
+            (void)honest.run(o.warmup, nullptr);
+            const std::uint64_t f0 = ctl.done.load();
+            c0 = sample();
+            t0 = Clock::now();
+            const std::uint64_t b = honest.run(o.window, &flood_lat);
+            const double tf = std::chrono::duration<double>(Clock::now() - t0).count();
+            add_task_delta(flood_tasks, c0, sample());
+            flooder_n += ctl.done.load() - f0;
+            solo_n += a;
+            solo_time += ts;
+            flood_n += b;
+            flood_time += tf;
+            if (a > 0) worst = std::min(worst, (double(b) / tf) / (double(a) / ts));
+        }
+        ctl.on = false;
+    }
+
+    void fill(FairnessResult& res, const std::string& honest_exec, const std::string& flood_exec, int honest_tid,
+              const FloodControl& ctl, unsigned flood_queues) {
+        std::vector<int> flood_tids;
+        for (unsigned i = 0; i < flood_queues && i < 8; ++i) flood_tids.push_back(ctl.vcpu_tids[i].load());
+        res.solo_cpu = split_cpu(solo_tasks, solo_time, honest_exec, flood_exec, honest_tid, flood_tids);
+        res.flooded_cpu = split_cpu(flood_tasks, flood_time, honest_exec, flood_exec, honest_tid, flood_tids);
+        res.solo_p50_us = quantile(solo_lat, 0.50);
+        res.solo_p99_us = quantile(solo_lat, 0.99);
+        res.flooded_p50_us = quantile(flood_lat, 0.50);
+        res.flooded_p99_us = quantile(flood_lat, 0.99);
+        res.flooder_requests = flooder_n;
+        res.honest_requests = solo_n + flood_n;
+        res.solo_rps = solo_time > 0 ? double(solo_n) / solo_time : 0;
+        res.flooded_rps = flood_time > 0 ? double(flood_n) / flood_time : 0;
+        res.flooder_rps = flood_time > 0 ? double(flooder_n) / flood_time : 0;
+        res.worst_round = worst > 1e8 ? 0 : worst;
+    }
+};
+
+/// Both guests in one process: one simulator, one daemon (the manager and
+/// each guest's executor), both simulated guests' vCPUs.
+inline Result<FairnessResult> measure_in_one_process(const FairnessOptions& o) {
+    TempImage honest_img(kHonestBytes, TempImage::Where::Filesystem), flood_img(kFloodBytes);
+    XV_TRY(fill_honest_image(honest_img));
     Host h("[daemon]\nworkers = " + std::to_string(o.io_threads) + "\n" +
-           domains_toml({{"honest", "unsafe"}, {"flood", "unsafe"}}) + blk_toml("honest", honest_img.path.string()) +
-           blk_toml("flood", flood_img.path.string(), "queues = " + std::to_string(o.flood_queues) + "\n"),
-           [&] {
-               xen::sim::SimOptions so;
-               so.protect_pages = o.protect_pages;
-               return so;
-           }());
+               domains_toml({{"honest", "unsafe"}, {"flood", "unsafe"}}) +
+               blk_toml("honest", honest_img.path.string()) +
+               blk_toml("flood", flood_img.path.string(), "queues = " + std::to_string(o.flood_queues) + "\n"),
+           sim_options(o));
     auto honest = create_guest(h, "honest", 1);
     auto flood = create_guest(h, "flood", o.flood_queues);
     if (!honest || !flood) return make_error(std::errc::io_error, "cannot create the simulated guests");
@@ -371,194 +730,27 @@ inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
         res.separate_executors = ss[0]->executor() != ss[1]->executor() && ss[0]->executor() != mex &&
                                  ss[1]->executor() != mex;
     }
-
     BlkGuest hb, fb;
     XV_TRY(hb.attach(*hg, 0, 1));
     XV_TRY(fb.attach(*fg, 0, o.flood_queues));
+    HonestDriver honest_drv(o, *hg, hb);
+    XV_TRY(honest_drv.init());
 
-    std::mutex fail_mu;
-    auto fail = [&](const std::string& why) {
-        std::lock_guard lk(fail_mu);
-        if (res.failure.empty()) res.failure = why;
-    };
-
-    // The honest guest: `honest_depth` reads of 4 KiB at random aligned
-    // offsets always in flight; each completion is checked (status, data)
-    // and replaced by a new read.
-    std::vector<Slot> hslots;
-    for (unsigned i = 0; i < o.honest_depth; ++i) {
-        auto s = make_slot(*hb.q[0], o.honest_len, false);
-        if (!s) return std::move(s).error();
-        hslots.push_back(*s);
-    }
-    std::mt19937_64 rng(42);
-    struct InFlight {
-        unsigned slot;
-        std::uint64_t offset;
-        Clock::time_point submitted;
-    };
-    std::map<std::uint16_t, InFlight> honest_by_head;
-    std::vector<unsigned> honest_free;
-    for (unsigned i = o.honest_depth; i-- > 0;) honest_free.push_back(i);
-    auto honest_submit = [&]() -> bool {
-        const unsigned i = honest_free.back();
-        honest_free.pop_back();
-        const std::uint64_t off = (rng() % (kHonestBytes / o.honest_len)) * o.honest_len;
-        blk::OutHdr hd{blk::req::kIn, 0, off / 512};
-        std::memcpy(hslots[i].hdr.ptr, &hd, sizeof hd);
-        hslots[i].status.ptr[0] = std::byte{0xff};
-        auto r = hb.q[0]->chain().add(hslots[i].hdr, false).add(hslots[i].data, true).add(hslots[i].status, true).submit();
-        if (!r) {
-            fail("honest submit: " + r.error().describe());
-            return false;
-        }
-        honest_by_head[std::uint16_t(r->id)] = {i, off, Clock::now()};
-        return true;
-    };
-    const int honest_tid = int(::gettid());
-    const bool paced = o.honest_rate > 0;
-    const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
-        paced ? 1.0 / o.honest_rate : 0.0));
-    // Runs the honest guest for `dur`; returns the requests completed and
-    // adds their latencies (microseconds) to `lat`. Saturating: every free
-    // slot is submitted at once. Paced: one read is due every `period`;
-    // a due read waits for a free slot (then the rate achieved falls short).
-    auto honest_run = [&](std::chrono::milliseconds dur, std::vector<double>* lat) -> std::uint64_t {
-        std::uint64_t n = 0;
-        const auto start = Clock::now(), end = start + dur;
-        auto next_due = start;
-        auto last_progress = start;
-        for (;;) {
-            auto now = Clock::now();
-            if (now >= end) break;
-            bool submitted = false;
-            while (!honest_free.empty() && (!paced || next_due <= now)) {
-                if (!honest_submit()) return n;
-                submitted = true;
-                next_due += period;
-            }
-            if (submitted) {
-                if (auto r = hb.t->notify(0); !r) {
-                    fail("honest notify: " + r.error().describe());
-                    return n;
-                }
-            }
-            const std::uint64_t seen = hg->irq_count(33);
-            auto u = hb.q[0]->next_used();
-            if (!u) {
-                if (now - last_progress > std::chrono::seconds(10) && !honest_by_head.empty()) {
-                    fail("honest guest: no completion within 10 s");
-                    return n;
-                }
-                // Sleep until a completion, or the next due read (1 ms granularity).
-                auto wait = std::chrono::milliseconds(5);
-                if (paced && !honest_free.empty())
-                    wait = std::clamp(std::chrono::ceil<std::chrono::milliseconds>(next_due - now),
-                                      std::chrono::milliseconds(1), wait);
-                if (honest_by_head.empty() && paced)
-                    std::this_thread::sleep_until(std::min(next_due, end));
-                else
-                    (void)hg->wait_irq(33, seen, wait);
-                (void)hb.t->take_isr();
-                continue;
-            }
-            auto it = honest_by_head.find(std::uint16_t(u->id));
-            if (it == honest_by_head.end()) {
-                fail("honest guest: unknown used id");
-                return n;
-            }
-            const InFlight f = it->second;
-            honest_by_head.erase(it);
-            last_progress = Clock::now();
-            const Slot& s = hslots[f.slot];
-            if (s.status.ptr[0] != std::byte{blk::kStatusOk}) fail("honest guest: status not OK");
-            for (std::uint32_t k = 0; k < o.honest_len; k += 509)
-                if (s.data.ptr[k] != honest_pattern(f.offset + k)) {
-                    fail("honest guest: wrong data at offset " + std::to_string(f.offset + k));
-                    break;
-                }
-            if (lat) lat->push_back(std::chrono::duration<double, std::micro>(last_progress - f.submitted).count());
-            honest_free.push_back(f.slot);
-            ++n;
-        }
-        return n;
-    };
-
-    // The flooder: one vCPU per queue keeps every descriptor busy with
-    // large requests (writes and reads alternating) and kicks for each one,
-    // while `flood_on`; otherwise it lets what is in flight complete.
-    std::atomic<bool> flood_on{false}, quit{false};
-    std::atomic<std::uint64_t> flood_done{0};
-    std::atomic<unsigned> flood_in_flight{0};
+    FloodControl ctl;
     std::vector<std::thread> flooders;
-    std::vector<int> flood_tids(o.flood_queues, 0);
-    std::atomic<unsigned> flooders_ready{0};
-    for (unsigned qi = 0; qi < o.flood_queues; ++qi) {
-        flooders.emplace_back([&, qi] {
-            flood_tids[qi] = int(::gettid());
-            (void)pthread_setname_np(pthread_self(), ("vcpu-flood" + std::to_string(qi)).c_str());
-            ++flooders_ready;
-            auto& q = *fb.q[qi];
-            // The vCPU of this queue kicks through its own transport handle.
-            auto tr = guest::make_mmio_guest(*fg, kBase, false, qi);
-            if (!tr) return fail("flooder transport: " + tr.error().describe());
-            auto& t = *tr.value();
-            const unsigned nslots = 64 / 3;  // three descriptors per chain
-            std::vector<Slot> slots;
-            for (unsigned i = 0; i < nslots; ++i) {
-                auto s = make_slot(q, o.flood_len, i % 2 == 0);
-                if (!s) return fail("flooder: " + s.error().describe());
-                slots.push_back(*s);
-            }
-            const std::uint64_t span = kFloodBytes / o.flood_queues / o.flood_len;
-            std::mt19937_64 frng(qi + 1);
-            std::map<std::uint16_t, unsigned> by_head;
-            std::vector<unsigned> idle;
-            for (unsigned i = 0; i < nslots; ++i) idle.push_back(i);
-            const std::uint32_t spi = 33;
-            std::uint64_t seen = fg->irq_count(spi);
-            while (!quit) {
-                while (flood_on && !idle.empty()) {
-                    unsigned i = idle.back();
-                    idle.pop_back();
-                    auto r = submit(q, slots[i], (qi * span + frng() % span) * (o.flood_len / 512));
-                    if (!r) return fail("flooder submit: " + r.error().describe());
-                    by_head[*r] = i;
-                    ++flood_in_flight;
-                    (void)t.notify(std::uint16_t(qi));  // one kick per request: the flood
-                }
-                auto u = q.next_used();
-                if (!u) {
-                    if (by_head.empty()) {
-                        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-                        continue;
-                    }
-                    seen = fg->wait_irq(spi, seen, std::chrono::milliseconds(5));
-                    (void)t.take_isr();
-                    continue;
-                }
-                auto it = by_head.find(std::uint16_t(u->id));
-                if (it == by_head.end()) return fail("flooder: unknown used id");
-                unsigned i = it->second;
-                by_head.erase(it);
-                --flood_in_flight;
-                if (slots[i].status.ptr[0] != std::byte{blk::kStatusOk}) return fail("flooder: status not OK");
-                flood_done.fetch_add(1, std::memory_order_relaxed);
-                idle.push_back(i);
-            }
-        });
-    }
-
-    for (int k = 0; k < 5000 && flooders_ready.load() < o.flood_queues; ++k)
+    for (unsigned qi = 0; qi < o.flood_queues; ++qi)
+        flooders.emplace_back([&, qi] { flood_vcpu(qi, *fg, fb, o, ctl); });
+    for (int k = 0; k < 5000 && ctl.ready.load() < o.flood_queues; ++k)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const int honest_tid = int(::gettid());
     const std::string honest_exec = "xv-dom" + std::to_string(*honest), flood_exec = "xv-dom" + std::to_string(*flood);
 
     // Per-guest cgroups (o.cpu_cgroup): destroyed (threads moved back)
     // before the flooders are joined, whichever way this function returns.
     std::optional<CpuGroups> groups;
     auto stop_flooders = [&] {
-        flood_on = false;
-        quit = true;
+        ctl.on = false;
+        ctl.quit = true;
         for (auto& t : flooders)
             if (t.joinable()) t.join();
     };
@@ -572,9 +764,11 @@ inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
         unsigned moved = 0;
         for (const auto& [tid, t] : task_times()) {
             std::optional<CpuGroups::Kind> k;
+            bool flood_vcpu_tid = false;
+            for (unsigned i = 0; i < o.flood_queues && i < 8; ++i) flood_vcpu_tid |= ctl.vcpu_tids[i] == tid;
             if (tid == honest_tid)
                 k = CpuGroups::HonestVcpus;
-            else if (std::find(flood_tids.begin(), flood_tids.end(), tid) != flood_tids.end())
+            else if (flood_vcpu_tid)
                 k = CpuGroups::FloodVcpus;
             else if (t.comm == honest_exec)
                 k = CpuGroups::HonestBackend;
@@ -588,55 +782,147 @@ inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
             return make_error(std::errc::permission_denied, "could not move the threads into " + o.cpu_cgroup);
         }
     }
-
-    double solo_time = 0, flood_time = 0;
-    std::uint64_t solo_n = 0, flood_n = 0;
-    std::vector<double> solo_lat, flood_lat;
-    std::map<int, TaskTime> solo_tasks, flood_tasks;
-    res.worst_round = 1e9;
-    for (unsigned round = 0; round < o.rounds && res.failure.empty(); ++round) {
-        // Solo: the flood drained (bounded wait; the flooder owns at most 21 chains a queue).
-        flood_on = false;
-        for (int k = 0; k < 2000 && flood_in_flight.load() > 0; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        (void)honest_run(std::chrono::milliseconds(10), nullptr);  // the honest ring refilled after the switch
-        auto c0 = task_times();
-        auto t0 = Clock::now();
-        const std::uint64_t a = honest_run(o.window, &solo_lat);
-        const double ts = std::chrono::duration<double>(Clock::now() - t0).count();
-        add_task_delta(solo_tasks, c0, task_times());
-        // Flooded.
-        flood_on = true;
-        (void)honest_run(o.warmup, nullptr);
-        const std::uint64_t f0 = flood_done.load();
-        c0 = task_times();
-        t0 = Clock::now();
-        const std::uint64_t b = honest_run(o.window, &flood_lat);
-        const double tf = std::chrono::duration<double>(Clock::now() - t0).count();
-        add_task_delta(flood_tasks, c0, task_times());
-        res.flooder_requests += flood_done.load() - f0;
-        solo_n += a;
-        solo_time += ts;
-        flood_n += b;
-        flood_time += tf;
-        if (a > 0) res.worst_round = std::min(res.worst_round, (double(b) / tf) / (double(a) / ts));
-    }
-    {
-        res.solo_cpu = split_cpu(solo_tasks, solo_time, honest_exec, flood_exec, honest_tid, flood_tids);
-        res.flooded_cpu = split_cpu(flood_tasks, flood_time, honest_exec, flood_exec, honest_tid, flood_tids);
-        res.solo_p50_us = quantile(solo_lat, 0.50);
-        res.solo_p99_us = quantile(solo_lat, 0.99);
-        res.flooded_p50_us = quantile(flood_lat, 0.50);
-        res.flooded_p99_us = quantile(flood_lat, 0.99);
-    }
+    Windows w;
+    w.run(o, ctl, honest_drv, [] { return task_times(); });
+    w.fill(res, honest_exec, flood_exec, honest_tid, ctl, o.flood_queues);
     groups.reset();
     stop_flooders();
-    res.honest_requests = solo_n + flood_n;
-    res.solo_rps = solo_time > 0 ? double(solo_n) / solo_time : 0;
-    res.flooded_rps = flood_time > 0 ? double(flood_n) / flood_time : 0;
-    res.flooder_rps = flood_time > 0 ? double(res.flooder_requests) / flood_time : 0;
-    if (res.worst_round > 1e8) res.worst_round = 0;
+    res.failure = !honest_drv.failure.empty() ? honest_drv.failure : ctl.failure();
     h.shutdown();
     return res;
+}
+
+/// One page shared with a child process, holding a T.
+template <class T>
+class SharedPage {
+public:
+    SharedPage() {
+        void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) t_ = new (p) T();
+    }
+    ~SharedPage() {
+        if (!t_) return;
+        t_->~T();
+        ::munmap(t_, sizeof(T));
+    }
+    SharedPage(const SharedPage&) = delete;
+    SharedPage& operator=(const SharedPage&) = delete;
+    T* get() const { return t_; }
+
+private:
+    T* t_ = nullptr;
+};
+
+/// The deployment's shape: the flooder's simulator and worker in a child
+/// process, the honest guest's in this one.
+inline Result<FairnessResult> measure_in_two_processes(const FairnessOptions& o) {
+    TempImage honest_img(kHonestBytes, TempImage::Where::Filesystem);
+    XV_TRY(fill_honest_image(honest_img));
+    SharedPage<FloodControl> page;
+    FloodControl* ctl = page.get();
+    if (!ctl) return errno_error(errno, "mmap of the shared control page");
+    // fork() before this process starts any thread: the child gets one
+    // thread and no lock held by another.
+    std::fflush(nullptr);
+    const pid_t child = ::fork();
+    if (child < 0) return errno_error(errno, "fork");
+    if (child == 0) {
+        int rc = 1;
+        try {
+            rc = flood_process(o, *ctl);
+        } catch (...) {
+            ctl->fail("flooder process: exception");
+        }
+        std::fflush(nullptr);
+        ::_exit(rc);
+    }
+    // From here on, every way out stops and reaps the child.
+    struct Reaper {
+        pid_t pid;
+        FloodControl* ctl;
+        int status = -1;
+        void reap() {
+            if (pid <= 0) return;
+            ctl->on = false;
+            ctl->quit = true;
+            for (int k = 0; k < 15000; ++k) {
+                if (::waitpid(pid, &status, WNOHANG) == pid) {
+                    pid = 0;
+                    return;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+            ::kill(pid, SIGKILL);
+            (void)::waitpid(pid, &status, 0);
+            pid = 0;
+        }
+        ~Reaper() { reap(); }
+    } reaper{child, ctl};
+
+    std::optional<CpuGroups> groups;
+    if (!o.cpu_cgroup.empty()) {
+        groups.emplace();
+        XV_TRY(groups->create(o.cpu_cgroup));
+        // One group per worker process, of equal weight; both processes are
+        // single-threaded now, and every thread they start is born there.
+        if (!groups->move_process(CpuGroups::HonestBackend, int(::getpid())) ||
+            !groups->move_process(CpuGroups::FloodBackend, int(child)))
+            return make_error(std::errc::permission_denied, "could not move the processes into " + o.cpu_cgroup);
+    }
+    ctl->go = true;
+
+    Host h(domains_toml({{"honest", "unsafe"}}) + blk_toml("honest", honest_img.path.string()), sim_options(o));
+    auto honest = create_guest(h, "honest", 1);
+    if (!honest) return make_error(std::errc::io_error, "cannot create the simulated honest guest");
+    XV_TRY(h.sim->add_virtio_device(spec(*honest, 0, "virtio,device2")));
+    XV_TRY(start_worker(h, *honest, o.io_threads));
+    auto hg = h.sim->guest(*honest);
+    BlkGuest hb;
+    XV_TRY(hb.attach(*hg, 0, 1));
+    HonestDriver honest_drv(o, *hg, hb);
+    XV_TRY(honest_drv.init());
+    for (int k = 0; k < 20000 && ctl->ready.load() < o.flood_queues && !ctl->failed; ++k) {
+        if (int st; ::waitpid(child, &st, WNOHANG) == child) {
+            reaper.pid = 0;
+            return make_error(std::errc::io_error, "the flooder's process ended before it flooded: " +
+                                                       (ctl->failed ? ctl->failure() : std::string("no reason given")));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (ctl->failed || ctl->ready.load() < o.flood_queues)
+        return make_error(std::errc::io_error, "the flooder's process did not start: " + ctl->failure());
+    FairnessResult res;
+    res.separate_processes = true;
+    res.separate_executors = true;
+    const int honest_tid = int(::gettid());
+    const std::string honest_exec = "xv-dom" + std::to_string(*honest),
+                      flood_exec = "xv-dom" + std::to_string(ctl->backend_domid.load());
+    if (honest_exec == flood_exec) return make_error(std::errc::io_error, "both guests have the same domid");
+    Windows w;
+    w.run(o, *ctl, honest_drv, [child] {
+        auto t = task_times();
+        t.merge(task_times(int(child)));
+        return t;
+    });
+    w.fill(res, honest_exec, flood_exec, honest_tid, *ctl, o.flood_queues);
+    res.failure = !honest_drv.failure.empty() ? honest_drv.failure : ctl->failure();
+    reaper.reap();
+    if (res.failure.empty() && !(WIFEXITED(reaper.status) && WEXITSTATUS(reaper.status) == 0))
+        res.failure = "the flooder's process ended with status " + std::to_string(reaper.status);
+    h.shutdown();
+    groups.reset();
+    return res;
+}
+
+}  // namespace fairness_detail
+
+/// Runs the alternating windows on a fresh simulated host (or two, one per
+/// process); an Error when the setup fails (the figures are then
+/// meaningless). With separate_processes the caller must not have started
+/// any thread (the flooder's process is forked first).
+inline Result<FairnessResult> measure_fairness(const FairnessOptions& o) {
+    return o.separate_processes ? fairness_detail::measure_in_two_processes(o)
+                                : fairness_detail::measure_in_one_process(o);
 }
 
 }  // namespace xv::daemon::testing
