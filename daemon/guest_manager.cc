@@ -805,10 +805,20 @@ std::vector<xen::IoServId> parse_server_ids(const std::string& text, std::vector
 //                   map_io_range would fail with EEXIST, and the guest's
 //                   accesses would wait on a server nobody serves
 //   SPI levels      an interrupt line raised with XEN_DMOP_set_irq_level and
-//                   not lowered yet stays asserted in the vGIC
-// The worker records its servers' ids (record_ioreq_server); destroying
-// them from here gives the worker's guest nothing it could not do itself:
-// a worker's device-model handle already acts on every server of its guest.
+//                   not lowered yet stays asserted in the vGIC (mmio SPIs,
+//                   and the INTx SPIs of our PCI host)
+// The worker records, before it creates a server, the guest's servers that
+// exist (record_ioreq_intent), then the new server's id as soon as it
+// exists and before its ranges are claimed (record_ioreq_server). A worker
+// dead in between left its intent: the guest's servers this domain
+// emulates that the intent does not list are its. Destroying them from
+// here gives the worker's guest nothing it could not do itself: a worker's
+// device-model handle already acts on every server of its guest. What is
+// left: another device model in this domain creating a server for the same
+// guest in that window would lose it too (one backend per guest is the
+// supported shape), and a worker that could not list the servers ("?")
+// leaves its unrecorded server, which claims no range (ranges are claimed
+// after the record), until the guest is destroyed.
 void GuestManager::release_worker_leftovers(xen::DomId domid, int pid, const WorkerExit& how) {
     const std::string path = ioreq_servers_path(*xs_, self_, domid);
     const std::string intent_path = ioreq_intent_path(*xs_, self_, domid);
