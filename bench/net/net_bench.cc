@@ -33,6 +33,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <pthread.h>
 #include <time.h>
@@ -104,6 +105,7 @@ struct Bench {
     std::atomic<std::uint64_t> base_rx_frames{0};
     std::atomic<bool> base_rx_stop{false};
     std::vector<std::byte> rx_frame[2];   // 1514 and 64 bytes
+    bool protect = false;                 // sim grant mappings with page protections
 };
 Bench* g = nullptr;
 
@@ -113,7 +115,11 @@ std::string setup() {
     cfg.tap = "xvbench0";
     cfg.queues = 2;  // a multi-queue tap, so the baseline can attach a queue of its own
     xen::sim::SimOptions so;
-    so.protect_pages = false;
+    // Mappings as plain pointers into guest memory, as for the other
+    // benchmarks; XV_NET_BENCH_PROTECT=1 maps each batch with mmap() and
+    // page protections instead (closer to what gntdev costs).
+    const char* prot = std::getenv("XV_NET_BENCH_PROTECT");
+    so.protect_pages = g->protect = prot && *prot == '1';
     g->rig.event_idx = true;
     using namespace devices::net_feature;
     const std::uint64_t features = 1ULL << kCsum | 1ULL << kHostTso4;
@@ -467,7 +473,9 @@ int main(int argc, char** argv) {
     }
     register_all();
     benchmark::RunSpecifiedBenchmarks();
-    std::printf("\nvirtio-net tx (sim guest -> tap) against plain write() to the same tap, best of 3 runs each\n"
+    std::printf("\nsim grant mappings: %s\n", g->protect ? "mmap with page protections per batch (XV_NET_BENCH_PROTECT=1)"
+                                                      : "pointers into guest memory");
+    std::printf("virtio-net tx (sim guest -> tap) against plain write() to the same tap, best of 3 runs each\n"
                 "guest 'batch': posts %d frames, kicks, waits for all; 'stream': keeps %d in flight, kicks when asked\n"
                 "(frame 65054: one TCP/IPv4 TSO frame of 64 KiB)\n",
                 kBatch, kBatch);
