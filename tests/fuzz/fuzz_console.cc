@@ -7,6 +7,10 @@
 // (sometimes without writable space), client input, emergency writes
 // (config emerg_wr, virtio 1.2 §5.3.4), config reads at any offset, kicks,
 // the client leaving and coming back, and a device reset at the end.
+// The device has one extra port, so it offers MULTIPORT (virtio 1.2
+// §5.3.6.2): when negotiated, steps also put driver control messages
+// (well-formed or not: any id, event, value and length) on the control
+// transmitq, buffers on the control receiveq, and data on port 1's queues.
 //
 // Oracles: bytes travel in order and without loss in both directions
 // within one activation (a rolling counter in the data; the first byte of
@@ -14,7 +18,9 @@
 // input may have one gap per client change, output is not checked after
 // one);
 // tx chains come back with used length 0 and rx chains with at most their
-// writable bytes; reset finishes; no grant page stays mapped.
+// writable bytes; device control messages are whole (8-byte header at
+// least), carry only device events for existing ports, and add no port twice
+// in one activation; reset finishes; no grant page stays mapped.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -22,6 +28,7 @@
 
 #include <cerrno>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "device_fuzz.h"
@@ -38,7 +45,7 @@ constexpr std::uint8_t kEmerg = 0xff;  // emergency characters (never a counter 
 constexpr unsigned kMod = 251;
 
 std::unique_ptr<devices::ConsoleDevice> g_dev;
-std::string g_path;
+std::string g_path, g_port_path;
 int g_client = -1;
 
 /// A byte stream that must arrive in order: a rolling counter mod 251.
@@ -99,10 +106,12 @@ void run(FuzzedDataProvider& in) {
     g_in.gaps = 0;
     g_out.checking = true;
     const bool indirect = features & transport::feature::bit(transport::feature::kIndirectDesc);
+    const bool multi = (features >> devices::console_feature::kMultiport) & 1;
+    std::set<std::uint32_t> added;  // DEVICE_ADD seen in this activation
 
     unsigned steps = in.ConsumeIntegralInRange(1, 48);
     for (unsigned i = 0; i < steps && in.remaining_bytes() > 0; ++i) {
-        switch (in.ConsumeIntegralInRange(0, 9)) {
+        switch (in.ConsumeIntegralInRange(0, 12)) {
             case 0: case 1: {  // transmitq: output
                 std::vector<Piece> ps;
                 unsigned n = in.ConsumeIntegralInRange(1, 4);
@@ -175,6 +184,40 @@ void run(FuzzedDataProvider& in) {
                     g_out.checking = false;
                 }
                 break;
+            case 10: {  // MULTIPORT: a driver control message, good or bad
+                if (!multi) break;
+                const std::uint32_t id = pick<std::uint32_t>(in, {0, 1, 2, 0xffffffffu, in.ConsumeIntegral<std::uint32_t>()});
+                const std::uint16_t ev = in.ConsumeIntegralInRange<std::uint16_t>(0, 9);
+                const std::uint16_t val = in.ConsumeIntegralInRange<std::uint16_t>(0, 2);
+                std::vector<std::byte> m(8);
+                for (int k = 0; k < 4; ++k) m[std::size_t(k)] = std::byte(id >> (8 * k));
+                m[4] = std::byte(ev & 0xff);
+                m[5] = std::byte(ev >> 8);
+                m[6] = std::byte(val & 0xff);
+                m[7] = std::byte(val >> 8);
+                if (one_in(in, 6)) m.resize(in.ConsumeIntegralInRange<std::size_t>(1, 16));  // short or long
+                std::vector<Piece> ps{Piece::in(std::move(m))};
+                if (one_in(in, 12)) ps.push_back(Piece::out(8));
+                (void)h.add(3, ps, indirect && one_in(in, 3));
+                h.notify(3);
+                break;
+            }
+            case 11: {  // MULTIPORT: control receive buffers (sometimes too small)
+                if (!multi) break;
+                (void)h.add(2, {Piece::out(one_in(in, 8) ? in.ConsumeIntegralInRange<std::uint32_t>(1, 11) : 64)},
+                            indirect && one_in(in, 3));
+                h.notify(2);
+                break;
+            }
+            case 12: {  // MULTIPORT: port 1 output and receive buffers
+                if (!multi) break;
+                std::vector<std::byte> d(in.ConsumeIntegralInRange<std::size_t>(1, 200), std::byte{'p'});
+                (void)h.add(5, {Piece::in(std::move(d))}, false);
+                h.notify(5);
+                (void)h.add(4, {Piece::out(64)}, false);
+                h.notify(4);
+                break;
+            }
             default:
                 h.notify(std::uint16_t(in.ConsumeIntegralInRange(0, 1)));
                 break;
@@ -182,8 +225,31 @@ void run(FuzzedDataProvider& in) {
         w.poll();
         drain_client();
         for (auto& u : h.reap()) {
-            if (u.queue == 1) {
-                FUZZ_CHECK(u.len == 0, "transmitq chain used with len %u", u.len);
+            if (u.queue == 1 || u.queue == 3 || u.queue == 5) {
+                FUZZ_CHECK(u.len == 0, "transmitq %u chain used with len %u", u.queue, u.len);
+                continue;
+            }
+            std::uint32_t room = 0;
+            for (const auto& [off, len] : u.chain.writable) room += len;
+            FUZZ_CHECK(u.len <= room, "queue %u: used len %u beyond %u writable bytes", u.queue, u.len, room);
+            if (u.queue == 4) continue;  // port 1 input: nothing is sent to it here
+            if (u.queue == 2) {
+                if (u.len == 0) continue;  // a buffer too small, returned unused
+                FUZZ_CHECK(u.len >= 8, "control message of %u bytes", u.len);
+                std::vector<std::byte> m;
+                std::uint32_t left = u.len;
+                for (const auto& [off, len] : u.chain.writable) {
+                    const std::uint32_t k = std::min(left, len);
+                    m.insert(m.end(), h.rw_bytes(off), h.rw_bytes(off) + k);
+                    left -= k;
+                }
+                auto b = [&](std::size_t k) { return std::uint32_t(std::to_integer<std::uint8_t>(m[k])); };
+                const std::uint32_t id = b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24;
+                const std::uint32_t ev = b(4) | b(5) << 8;
+                FUZZ_CHECK(id < g_dev->port_count(), "control message for port %u of %zu", id, g_dev->port_count());
+                FUZZ_CHECK(ev == 1 || ev == 4 || ev == 5 || ev == 6 || ev == 7, "device sent event %u", ev);
+                // virtio 1.2 §5.3.6.2.1: never DEVICE_ADD an existing port.
+                if (ev == 1) FUZZ_CHECK(added.insert(id).second, "port %u added twice", id);
                 continue;
             }
             std::uint32_t left = u.len;
@@ -208,9 +274,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     xv::fuzz::quiet_logs();
     World& w = World::get();
     g_path = "/tmp/xv-fuzz-console-" + std::to_string(::getpid()) + ".sock";
+    g_port_path = "/tmp/xv-fuzz-console-" + std::to_string(::getpid()) + ".p1.sock";
     devices::ConsoleConfig cfg;
     cfg.backend = devices::ConsoleConfig::Backend::Socket;
     cfg.socket_path = g_path;
+    cfg.ports.push_back({"org.example.fuzz", g_port_path});
     auto d = devices::make_console_device(cfg, {w.domid, "console0"}, w.io.get_executor());
     FUZZ_CHECK(d.has_value(), "make_console_device: %s", d.error().describe().c_str());
     g_dev = std::move(*d);
