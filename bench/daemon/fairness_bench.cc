@@ -95,6 +95,7 @@ int main() {
     struct Verdict {
         double ratio = -1;
         bool p99_ok = false;
+        double cost_growth = 0;  // honest backend CPU per request, flood on / off (0: not sampled)
     };
     std::map<std::string, Verdict> verdicts;  // "<processes>/<grouped>/<paced>"
     // XV_FAIRNESS_ONLY=deployment or =single: only those shapes.
@@ -151,6 +152,10 @@ int main() {
                                   (sh.rate ? "r" : "-")];
             v.ratio = r->ratio();
             v.p99_ok = !sh.rate || r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
+            if (r->solo_cpu.sampled && r->flooded_cpu.sampled && r->solo_rps > 0 && r->flooded_rps > 0 &&
+                r->solo_cpu.honest_backend > 0)
+                v.cost_growth = (r->flooded_cpu.honest_backend / r->flooded_rps) /
+                                (r->solo_cpu.honest_backend / r->solo_rps);
         }
     }
     auto say = [&](const char* what, const char* key) {
@@ -158,11 +163,13 @@ int main() {
         if (it == verdicts.end()) return;
         const bool paced = key[2] == 'r';
         const bool met = it->second.ratio >= kGoal && it->second.p99_ok;
-        std::printf("fairness, %-58s: %s (ratio %.2f, goal >= %.2f%s)\n", what, met ? "MET" : "NOT MET",
-                    it->second.ratio, kGoal,
+        std::printf("fairness, %-52s: %s (ratio %.2f, goal >= %.2f%s; honest backend CPU per request x%.2f "
+                    "with the flood)\n",
+                    what, met ? "MET" : "NOT MET", it->second.ratio, kGoal,
                     paced ? (it->second.p99_ok ? "; p99 latency within its 4-in-flight budget"
                                                : "; p99 latency beyond its 4-in-flight budget")
-                          : "");
+                          : "",
+                    it->second.cost_growth);
     };
     say("deployment shape (a process per guest), saturating", "p--");
     say("deployment shape (a process per guest), paced", "p-r");
