@@ -30,12 +30,27 @@ namespace {
 
 /// One live mapping made by a GrantMapperImpl (a slot; cookie = index + 1).
 struct MapRecord {
+    static constexpr std::uint32_t kInlineRefs = 6;
     Domain* dom = nullptr;         ///< its guest, kept alive by the handle's pin on it
-    std::vector<GrantRef> refs;    ///< capacity kept when the slot is reused
+    std::uint32_t nrefs = 0;       ///< refs (pages) of the mapping
+    GrantRef small[kInlineRefs];   ///< its refs when nrefs <= kInlineRefs (no copy through the heap)
+    std::vector<GrantRef> big;     ///< else; capacity kept when the slot is reused
     std::byte* addr = nullptr;     ///< what GrantMapping::data() returns
     std::byte* own[2] = {nullptr, nullptr};  ///< own mmaps (RO part, RW part), munmapped on release
     std::uint32_t own_pages[2] = {0, 0};
     bool live = false;
+
+    std::span<const GrantRef> refs() const noexcept {
+        return {nrefs <= kInlineRefs ? small : big.data(), nrefs};
+    }
+    void set_refs(const GrantRef* r, std::uint32_t n) {
+        nrefs = n;
+        if (n <= kInlineRefs) {
+            for (std::uint32_t i = 0; i < n; ++i) small[i] = r[i];
+        } else {
+            big.assign(r, r + n);
+        }
+    }
 };
 
 /// A read-only view of a whole guest RAM (PROT_READ, shared with the
@@ -146,7 +161,7 @@ protected:
         {
             std::lock_guard lk(mu_);
             for (std::size_t i = 0; i < slots_.size(); ++i)
-                if (slots_[i].live && slots_[i].addr == addr && slots_[i].refs.size() == pages) cookie = i + 1;
+                if (slots_[i].live && slots_[i].addr == addr && slots_[i].nrefs == pages) cookie = i + 1;
         }
         if (cookie) release(cookie, true);
     }
@@ -182,7 +197,7 @@ protected:
                 } else {
                     // Without a cookie: the latest live mapping at addr of pages (as unmap()).
                     for (std::size_t i = 0; i < slots_.size(); ++i)
-                        if (slots_[i].live && slots_[i].addr == m.addr && slots_[i].refs.size() == m.pages) slot = i;
+                        if (slots_[i].live && slots_[i].addr == m.addr && slots_[i].nrefs == m.pages) slot = i;
                 }
                 if (slot >= slots_.size() || !slots_[slot].live) continue;
                 MapRecord& rec = slots_[slot];
@@ -380,7 +395,7 @@ private:
             MapRecord& rec = slots_[slot];
             rec.dom = dom.get();
             ++slots;
-            rec.refs.assign(refs.begin() + std::ptrdiff_t(pos), refs.begin() + std::ptrdiff_t(pos + e.ro + e.rw));
+            rec.set_refs(refs.data() + pos, e.ro + e.rw);
             pos += std::size_t(e.ro) + e.rw;
             for (int p = 0; p < 2; ++p) {
                 rec.own[p] = placed[k].own[p] ? placed[k].addr[p] : nullptr;
@@ -392,7 +407,7 @@ private:
             e.rw_addr = placed[k].addr[1];
             e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
         }
-        pin_locked(dom, slots);
+        pin_locked(std::move(dom), slots);
         stats_.pages_mapped += total;
         core_->stats.grant_pages_mapped.fetch_add(total, std::memory_order_relaxed);
         core_->res.mapped_grant_pages.fetch_add(total, std::memory_order_relaxed);
@@ -478,10 +493,10 @@ private:
     template <class OnOwn>
     std::size_t free_slot_locked(std::size_t slot, Domain& d, OnOwn&& on_own) {
         MapRecord& rec = slots_[slot];
-        const std::size_t pages = rec.refs.size();
-        for (GrantRef r : rec.refs) unref_locked(d, r);
+        const std::size_t pages = rec.nrefs;
+        for (GrantRef r : rec.refs()) unref_locked(d, r);
         d.mapped_pages -= pages;
-        rec.refs.clear();
+        rec.nrefs = 0;
         for (int p = 0; p < 2; ++p)
             if (rec.own[p]) on_own(rec.own[p], std::size_t(rec.own_pages[p]) * kPageSize);
         rec.live = false;
@@ -525,14 +540,15 @@ private:
         std::size_t slots = 0;  ///< live mappings (slots) of that guest
     };
     /// Adds `slots` live mappings of `dom` to its pin (mu_ held).
-    void pin_locked(const std::shared_ptr<Domain>& dom, std::size_t slots) {
+    /// The reference is moved into a new pin (no count taken per map).
+    void pin_locked(std::shared_ptr<Domain> dom, std::size_t slots) {
         if (slots == 0) return;
         for (Pin& p : pins_)
             if (p.dom == dom) {
                 p.slots += slots;
                 return;
             }
-        pins_.push_back(Pin{dom, slots});
+        pins_.push_back(Pin{std::move(dom), slots});
     }
     /// One live mapping of `d` gone (mu_ held): its pin's reference when it
     /// was the last (to drop after the locks), else null.
