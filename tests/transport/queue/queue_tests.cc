@@ -595,6 +595,10 @@ TEST_F(QueueTest, PushBatchUnmapsAllChainsInOneCallThenPublishesInOrder) {
     EXPECT_EQ(h_->guest->mapped_refs(), ring);
     for (auto& c : chains) EXPECT_FALSE(c.valid());
     EXPECT_EQ(q->stats().completed, std::uint64_t(kChains));
+    std::uint64_t bytes = 0;
+    for (int i = 0; i + 1 < kChains; ++i) bytes += std::uint64_t(i * 100);
+    EXPECT_EQ(q->stats().bytes_written, bytes + 4097);  // the clamped length counted
+    EXPECT_EQ(d->used_idx(), kChains);
     for (int i = 0; i < kChains; ++i) {
         auto u = d->next_used();
         ASSERT_TRUE(u) << i;

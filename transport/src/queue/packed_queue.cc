@@ -65,26 +65,26 @@ Result<bool> PackedQueue::parse_next(ChainAccumulator& acc, std::uint16_t& id, s
         std::memcpy(&d, desc_ + 16 * std::size_t(idx), sizeof d);  // one snapshot; never re-read
         ++count;
         if (d.flags & ~kDescKnown)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.8.13: chain at {}: descriptor {} has unknown flags {:#x}",
-                                         head, idx, d.flags));
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.8.13: chain at {}: descriptor {} has unknown flags {:#x}",
+                                         head, idx, d.flags);
         if (d.flags & kDescIndirect) {
             // virtio 1.2 §2.8.19 (driver requirements, indirect descriptors).
             if (!cfg_.indirect)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.8.19: chain at {}: INDIRECT set but "
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.8.19: chain at {}: INDIRECT set but "
                                              "VIRTIO_F_INDIRECT_DESC was not negotiated",
-                                             head));
+                                             head);
             if ((d.flags & kDescNext) || count > 1)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.8.19: chain at {}: an INDIRECT descriptor in a list linked "
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.8.19: chain at {}: an INDIRECT descriptor in a list linked "
                                              "by NEXT",
-                                             head));
+                                             head);
             if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > max_indirect_)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.8.7: chain at {}: indirect table of {} bytes (must be a "
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.8.7: chain at {}: indirect table of {} bytes (must be a "
                                              "non-zero multiple of 16, at most {} entries)",
-                                             head, d.len, max_indirect_));
+                                             head, d.len, max_indirect_);
             auto m = mem_.map_area(d.addr, d.len, false);  // device-readable: RO
             if (!m) return fail_with(Error{m.error().code, fmt::format("chain at {}: indirect table: {}", head,
                                                                        m.error().message)});
@@ -96,19 +96,19 @@ Result<bool> PackedQueue::parse_next(ChainAccumulator& acc, std::uint16_t& id, s
                 // except DESC_F_WRITE for descriptors within an indirect
                 // descriptor table" (this also excludes nested INDIRECT).
                 if (e.flags & ~kDescWrite)
-                    return fail_with(std::errc::protocol_error,
-                                     fmt::format("virtio 1.2 §2.8.19: chain at {}: indirect entry {} has flags {:#x} "
+                    return fail_fmt(std::errc::protocol_error,
+                                     "virtio 1.2 §2.8.19: chain at {}: indirect entry {} has flags {:#x} "
                                                  "(only WRITE is allowed)",
-                                                 head, i, e.flags));
+                                                 head, i, e.flags);
                 if (const char* rule = acc.add(e.addr, e.len, (e.flags & kDescWrite) != 0))
-                    return fail_with(std::errc::protocol_error,
-                                     fmt::format("{} (chain at {}, indirect entry {})", rule, head, i));
+                    return fail_fmt(std::errc::protocol_error,
+                                     "{} (chain at {}, indirect entry {})", rule, head, i);
             }
             id = d.id;  // virtio 1.2 §2.8.7: the buffer id is the indirect descriptor's
             break;
         }
         if (const char* rule = acc.add(d.addr, d.len, (d.flags & kDescWrite) != 0))
-            return fail_with(std::errc::protocol_error, fmt::format("{} (chain at {}, descriptor {})", rule, head, idx));
+            return fail_fmt(std::errc::protocol_error, "{} (chain at {}, descriptor {})", rule, head, idx);
         if (!(d.flags & kDescNext)) {
             id = d.id;  // virtio 1.2 §2.8.6: the buffer id is in the last descriptor
             break;
@@ -116,8 +116,8 @@ Result<bool> PackedQueue::parse_next(ChainAccumulator& acc, std::uint16_t& id, s
         // Bounded walk: a chain holds at most N descriptors (§2.8.6:
         // no chain longer than the queue); one more NEXT is a loop over the ring.
         if (count >= n)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.8.6: chain at {} is longer than the queue size {}", head, n));
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.8.6: chain at {} is longer than the queue size {}", head, n);
         idx = std::uint16_t(idx + 1 == n ? 0 : idx + 1);
     }
     // Consume `count` ring slots; the wrap counter flips at the end of the ring.

@@ -104,8 +104,8 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
         // virtio 1.2 §2.7.5 / §2.8.5: a chain describes at least one buffer;
         // one with no bytes at all carries no request.
         if (acc_.readable + acc_.writable == 0) {
-            auto e = fail_with(std::errc::invalid_argument,
-                               fmt::format("virtio 1.2 §2.7.5: chain {} is empty (0 bytes)", id));
+            auto e = fail_fmt(std::errc::invalid_argument,
+                               "virtio 1.2 §2.7.5: chain {} is empty (0 bytes)", id);
             drop_batch();
             return e;
         }
@@ -252,7 +252,29 @@ void QueueCore::push_batch(std::span<DescriptorChain> chains, std::span<const st
             maps[n++] = &chains[i].map2_;
         }
         xen::release_mappings(std::span<xen::GrantMapping* const>(maps, n));
-        for (std::size_t i = at; i < end; ++i) push(std::move(chains[i]), i < written.size() ? written[i] : 0);
+        // As push() for each, but their used entries published together.
+        UsedEntry used[kStep];
+        std::size_t u = 0;
+        for (std::size_t i = at; i < end; ++i) {
+            DescriptorChain& chain = chains[i];
+            std::uint32_t w = i < written.size() ? written[i] : 0;
+            if (!owns(chain)) {
+                push(std::move(chain), w);  // logs a foreign chain, ignores it
+                continue;
+            }
+            auto r = retire(chain);  // already unmapped above
+            --in_flight_;
+            if (w > r.writable_len) {
+                spdlog::error("{}: device reports {} bytes written into chain {} of {} writable bytes; clamped",
+                              name(), w, r.id, r.writable_len);
+                w = r.writable_len;
+            }
+            used[u++] = UsedEntry{r.id, r.slots, w};
+        }
+        if (broken_) continue;  // DEVICE_NEEDS_RESET (§2.1.2): the ring is no longer ours to write
+        write_used_many(used, u);
+        stats_.completed += u;
+        for (std::size_t k = 0; k < u; ++k) stats_.bytes_written += used[k].len;
     }
 }
 

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "xv/log.h"
 #include "xv/transport/guest_memory.h"
 #include "xv/transport/virtqueue.h"
@@ -157,11 +159,30 @@ protected:
     virtual Result<bool> parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) = 0;
     /// Writes one used entry (id, len) and publishes it (release).
     virtual void write_used(std::uint16_t id, std::uint16_t slots, std::uint32_t len) = 0;
+    /// One used entry to write (push_batch()).
+    struct UsedEntry {
+        std::uint16_t id;
+        std::uint16_t slots;
+        std::uint32_t len;
+    };
+    /// Writes `n` used entries in order and publishes them; the default
+    /// calls write_used() for each (a layout may publish them with one
+    /// release store).
+    virtual void write_used_many(const UsedEntry* e, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) write_used(e[i].id, e[i].slots, e[i].len);
+    }
 
     /// Fails the queue with `msg` (logged once per rate-limit window).
-    Error fail_with(std::errc code, const std::string& msg);
+    [[gnu::cold]] Error fail_with(std::errc code, const std::string& msg);
     /// Fails the queue with an error from below (grant map, copy).
-    Error fail_with(Error e);
+    [[gnu::cold]] Error fail_with(Error e);
+    /// fail_with(code, fmt::format(f, a...)) out of line: the message is
+    /// built in a cold function, so that the walk's fast path keeps its
+    /// registers (no spills for the arguments of an error it never takes).
+    template <class... A>
+    [[gnu::cold, gnu::noinline]] Error fail_fmt(std::errc code, fmt::format_string<A...> f, A... a) {
+        return fail_with(code, fmt::format(f, std::move(a)...));
+    }
 
     GuestMemory& mem_;
     xv::log::RateLimit log_limit_;

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 
@@ -44,6 +45,9 @@ Result<std::unique_ptr<Virtqueue>> SplitQueue::create(const QueueConfig& cfg, Gu
     // avail_event 0) and used idx as found (0 after a reset).
     q->used_idx_ = ring::load16(q->used_ + 2, std::memory_order_relaxed);
     q->signalled_used_ = q->used_idx_;
+    // The size is a power of 2 (checked above): ring slot = index & mask,
+    // no division on the data path.
+    q->mask_ = std::uint16_t(cfg.size - 1);
     return std::unique_ptr<Virtqueue>(std::move(q));
 }
 
@@ -61,19 +65,19 @@ Result<bool> SplitQueue::parse_next(ChainAccumulator& acc, std::uint16_t& id, st
         // virtio 1.2 §2.7.6: idx counts chains added; it cannot be more than
         // a queue's worth ahead of what the device has consumed.
         if (pending > n)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.7.6: avail idx {} is {} entries ahead of the {} consumed, "
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.7.6: avail idx {} is {} entries ahead of the {} consumed, "
                                          "more than the queue size {}",
-                                         avail_idx, pending, last_avail_, n));
+                                         avail_idx, pending, last_avail_, n);
         avail_seen_ = avail_idx;
     }
-    const std::uint16_t head = ring::load16(avail_ + 4 + 2 * std::size_t(last_avail_ % n), std::memory_order_relaxed);
+    const std::uint16_t head = ring::load16(avail_ + 4 + 2 * std::size_t(last_avail_ & mask_), std::memory_order_relaxed);
     // virtio 1.2 §2.7.6: ring[] holds heads of chains, i.e. indexes into
     // the descriptor table.
     if (head >= n)
-        return fail_with(std::errc::protocol_error,
-                         fmt::format("virtio 1.2 §2.7.6: avail ring entry {} names head {}, beyond the table of {}",
-                                     last_avail_, head, n));
+        return fail_fmt(std::errc::protocol_error,
+                         "virtio 1.2 §2.7.6: avail ring entry {} names head {}, beyond the table of {}",
+                                     last_avail_, head, n);
     XV_TRY(walk(desc_, n, head, false, acc, head));
     ++last_avail_;
     // virtio 1.2 §2.7.10: with EVENT_IDX the driver kicks when its idx
@@ -95,35 +99,35 @@ Result<void> SplitQueue::walk(const std::byte* table, std::uint32_t table_len, s
     const char* where = indirect ? "indirect table" : "descriptor table";
     for (;;) {
         if (ttl == 0)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.7.5.2: chain {} loops (more than {} descriptors in the {})",
-                                         head, table_len, where));
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.7.5.2: chain {} loops (more than {} descriptors in the {})",
+                                         head, table_len, where);
         --ttl;
         Desc d;
         std::memcpy(&d, table + 16 * std::size_t(idx), sizeof d);  // one snapshot; never re-read
         if (d.flags & ~kDescKnown)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.7.5: chain {}: descriptor {} of the {} has unknown flags {:#x}",
-                                         head, idx, where, d.flags));
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.7.5: chain {}: descriptor {} of the {} has unknown flags {:#x}",
+                                         head, idx, where, d.flags);
         if (d.flags & kDescIndirect) {
             // virtio 1.2 §2.7.5.3.1 (driver requirements, indirect descriptors).
             if (!cfg_.indirect)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.7.5.3.1: chain {}: INDIRECT set but "
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.7.5.3.1: chain {}: INDIRECT set but "
                                              "VIRTIO_F_INDIRECT_DESC was not negotiated",
-                                             head));
+                                             head);
             if (indirect)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.7.5.3.1: chain {}: INDIRECT inside an indirect table", head));
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.7.5.3.1: chain {}: INDIRECT inside an indirect table", head);
             if (d.flags & kDescNext)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.7.5.3.1: chain {}: descriptor {} sets both INDIRECT and NEXT",
-                                             head, idx));
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.7.5.3.1: chain {}: descriptor {} sets both INDIRECT and NEXT",
+                                             head, idx);
             if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > max_indirect_)
-                return fail_with(std::errc::protocol_error,
-                                 fmt::format("virtio 1.2 §2.7.5.3: chain {}: indirect table of {} bytes (must be a "
+                return fail_fmt(std::errc::protocol_error,
+                                 "virtio 1.2 §2.7.5.3: chain {}: indirect table of {} bytes (must be a "
                                              "non-zero multiple of 16, at most {} entries)",
-                                             head, d.len, max_indirect_));
+                                             head, d.len, max_indirect_);
             // virtio 1.2 §2.7.5.3.2: the WRITE flag of the descriptor naming
             // the table is ignored. The table is device-readable: map it RO.
             auto m = mem_.map_area(d.addr, d.len, false);
@@ -133,24 +137,39 @@ Result<void> SplitQueue::walk(const std::byte* table, std::uint32_t table_len, s
             return walk(m->first.data(), d.len / 16, 0, true, acc, head);
         }
         if (const char* rule = acc.add(d.addr, d.len, (d.flags & kDescWrite) != 0))
-            return fail_with(std::errc::protocol_error, fmt::format("{} (chain {}, {} entry {})", rule, head, where, idx));
+            return fail_fmt(std::errc::protocol_error, "{} (chain {}, {} entry {})", rule, head, where, idx);
         if (!(d.flags & kDescNext)) return ok();
         if (d.next >= table_len)
-            return fail_with(std::errc::protocol_error,
-                             fmt::format("virtio 1.2 §2.7.5: chain {}: next {} beyond the {} of {} entries", head,
-                                         d.next, where, table_len));
+            return fail_fmt(std::errc::protocol_error,
+                             "virtio 1.2 §2.7.5: chain {}: next {} beyond the {} of {} entries", head,
+                                         d.next, where, table_len);
         idx = d.next;
     }
 }
 
 void SplitQueue::write_used(std::uint16_t id, std::uint16_t /*slots*/, std::uint32_t len) {
-    std::byte* elem = used_ + 4 + 8 * std::size_t(used_idx_ % cfg_.size);
+    std::byte* elem = used_ + 4 + 8 * std::size_t(used_idx_ & mask_);
     ring::store32(elem, id);
     ring::store32(elem + 4, len);
     ++used_idx_;
     if (unsignalled_ < 0x10000) ++unsignalled_;
     // virtio 1.2 §2.7.8 / §2.7.14: the element must be visible before the
     // driver sees idx move: release store.
+    ring::store16(used_ + 2, used_idx_, std::memory_order_release);
+}
+
+void SplitQueue::write_used_many(const UsedEntry* e, std::size_t n) {
+    if (n == 0) return;
+    for (std::size_t i = 0; i < n; ++i) {
+        std::byte* elem = used_ + 4 + 8 * std::size_t(used_idx_ & mask_);
+        ring::store32(elem, e[i].id);
+        ring::store32(elem + 4, e[i].len);
+        ++used_idx_;
+    }
+    unsignalled_ = std::uint32_t(std::min<std::size_t>(0x10000, unsignalled_ + n));
+    // virtio 1.2 §2.7.8 / §2.7.14: every element must be visible before the
+    // driver sees idx move: one release store for all of them (the driver
+    // may see idx move by n at once, as after several pushes it reaps late).
     ring::store16(used_ + 2, used_idx_, std::memory_order_release);
 }
 

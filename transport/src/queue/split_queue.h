@@ -39,6 +39,7 @@ private:
 
     Result<bool> parse_next(ChainAccumulator& acc, std::uint16_t& id, std::uint16_t& slots) override;
     void write_used(std::uint16_t id, std::uint16_t slots, std::uint32_t len) override;
+    void write_used_many(const UsedEntry* e, std::size_t n) override;
     Result<void> walk(const std::byte* table, std::uint32_t table_len, std::uint16_t first, bool indirect,
                       ChainAccumulator& acc, std::uint16_t head);
 
@@ -46,6 +47,7 @@ private:
     std::byte* desc_ = nullptr;
     std::byte* avail_ = nullptr;
     std::byte* used_ = nullptr;
+    std::uint16_t mask_ = 0;           ///< size - 1 (the size is a power of 2)
     std::uint16_t last_avail_ = 0;     ///< next avail ring slot to consume
     std::uint16_t avail_seen_ = 0;     ///< avail idx last read (acquire); entries up to it are readable
     std::uint16_t used_idx_ = 0;       ///< our copy of used->idx
