@@ -284,6 +284,7 @@ TEST_F(MmioTest, UnclaimedAndOddAccesses) {
 // is answered correctly, and stop still finishes.
 TEST_F(MmioTest, PollingServesBackToBackAccessesWithoutWakeUps) {
     h_->loop->set_poll(2s);
+    h_->loop->set_poll_gives_way(false);  // a busy test host must not stop the polls
     EXPECT_EQ(*rd(0x000, 4), 0x74726976u);  // the first access wakes the loop
     const auto before = h_->loop->stats();
     constexpr unsigned kAccesses = 100;  // fewer than IoreqLoop::kMaxPollServes
@@ -310,6 +311,71 @@ TEST_F(MmioTest, WithoutPollingNothingIsServedByThePoll) {
     EXPECT_EQ(s.polled, 0u);
     h_->loop->set_poll(std::chrono::microseconds(75));
     EXPECT_EQ(h_->loop->poll_window(), std::chrono::microseconds(75));
+    h_->shutdown();
+}
+
+// set_poll() is a maximum: back-to-back accesses grow the window from 0
+// (never past the maximum), and a guest that pauses longer than the
+// maximum between accesses shrinks it back to 0, after which no poll runs
+// in vain any more.
+TEST_F(MmioTest, PollWindowGrowsForBurstsAndShrinksToZeroForAPausingGuest) {
+    using transport::IoreqLoop;
+    constexpr auto kMax = std::chrono::microseconds(400);
+    h_->loop->set_poll(kMax);
+    h_->loop->set_poll_gives_way(false);
+    EXPECT_EQ(h_->loop->stats().poll_window_ns, 0);
+    for (unsigned i = 0; i < 200; ++i) ASSERT_EQ(*rd(0x008, 4), 42u) << "access " << i;
+    auto s = h_->loop->stats();
+    EXPECT_GE(s.poll_window_ns, IoreqLoop::kPollGrowStart.count());
+    EXPECT_LE(s.poll_window_ns, std::chrono::nanoseconds(kMax).count());
+    EXPECT_GT(s.polled, 0u);
+    // Pauses of 20 ms (50 times the maximum): each wake-up halves the
+    // window; from 400 us, six of them take it below kPollGrowStart.
+    for (unsigned i = 0; i < 8; ++i) {
+        std::this_thread::sleep_for(20ms);
+        ASSERT_EQ(*rd(0x008, 4), 42u);
+    }
+    s = h_->loop->stats();
+    EXPECT_EQ(s.poll_window_ns, 0);
+    for (unsigned i = 0; i < 3; ++i) {
+        std::this_thread::sleep_for(20ms);
+        ASSERT_EQ(*rd(0x008, 4), 42u);
+    }
+    EXPECT_EQ(h_->loop->stats().polls_in_vain, s.polls_in_vain);
+    EXPECT_EQ(h_->loop->stats().poll_window_ns, 0);
+    h_->shutdown();
+}
+
+// A guest that traps just after every poll gave up (7.5 ms apart, the
+// window's maximum 5 ms: each wait is shorter than the maximum, so the
+// window stays at it) makes every poll end in vain: the budget holds that
+// waste to 1/kPollBudgetShare of the time (plus kPollCreditMax banked),
+// not the two thirds of a CPU the polls alone would take.
+TEST_F(MmioTest, PollsInVainAreHeldToTheBudget) {
+    using transport::IoreqLoop;
+    h_->loop->set_poll(5ms);
+    h_->loop->set_poll_gives_way(false);
+    // Accesses 1 ms apart grow the window to the 1 ms that catches them.
+    for (unsigned i = 0; i < 20; ++i) {
+        std::this_thread::sleep_for(1ms);
+        ASSERT_EQ(*rd(0x008, 4), 42u);
+    }
+    const auto before = h_->loop->stats();
+    ASSERT_GT(before.poll_window_ns, 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned i = 0; i < 40; ++i) {
+        std::this_thread::sleep_for(7500us);
+        ASSERT_EQ(*rd(0x008, 4), 42u);
+    }
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    const auto after = h_->loop->stats();
+    EXPECT_GT(after.polls_in_vain, before.polls_in_vain);
+    const auto vain = std::chrono::nanoseconds(after.poll_in_vain_ns - before.poll_in_vain_ns);
+    // A late look past a round's end may overshoot it (a busy host); the
+    // slack allows that, and is far below the ~200 ms of unbudgeted polls.
+    const auto bound = IoreqLoop::kPollCreditMax + elapsed / IoreqLoop::kPollBudgetShare + 25ms;
+    EXPECT_LE(vain, bound) << "polled in vain " << vain.count() / 1000 << " us of "
+                           << std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count() << " us";
     h_->shutdown();
 }
 

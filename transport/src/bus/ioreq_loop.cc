@@ -8,8 +8,10 @@
 
 #include <fmt/format.h>
 #include <poll.h>
+#include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 namespace xv::transport {
@@ -189,9 +191,11 @@ bool IoreqLoop::readable_now() const {
 void IoreqLoop::arm() {
     if (!sd_.is_open() || state_ == State::Stopped) return;
     auto self = shared_from_this();
+    asleep_since_ = std::chrono::steady_clock::now();
     sd_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
                    boost::asio::bind_executor(strand_, [self](const boost::system::error_code& ec) {
                        if (ec || self->state_ == State::Stopped) return;
+                       self->adapt_window(std::chrono::steady_clock::now());
                        self->on_ready();
                    }));
     // The descriptor is edge-triggered in epoll: an event that arrived
@@ -223,24 +227,86 @@ void IoreqLoop::on_ready() {
     arm();
 }
 
+void IoreqLoop::adapt_window(std::chrono::steady_clock::time_point woken) {
+    // The rule of set_poll() (ioreq_loop.h): grow when the fd wait was
+    // shorter than the maximum window (a longer poll would have served the
+    // access without the wake-up), shrink when it was not.
+    const std::int64_t max_ns = poll_ns_.load(std::memory_order_relaxed);
+    std::int64_t w = window_ns_.load(std::memory_order_relaxed);
+    const std::int64_t slept = std::chrono::nanoseconds(woken - asleep_since_).count();
+    if (max_ns <= 0) {
+        w = 0;
+    } else if (slept >= max_ns) {
+        w /= 2;
+        if (w < kPollGrowStart.count()) w = 0;
+    } else if (w < max_ns) {
+        w = std::min(max_ns, std::max<std::int64_t>(kPollGrowStart.count(), 2 * w));
+    }
+    window_ns_.store(w, std::memory_order_relaxed);
+}
+
 void IoreqLoop::poll_for_more() {
-    const auto window = std::chrono::nanoseconds(poll_ns_.load(std::memory_order_relaxed));
-    if (window.count() <= 0) return;
     using clock = std::chrono::steady_clock;
-    auto until = clock::now() + window;
+    const std::int64_t max_ns = poll_ns_.load(std::memory_order_relaxed);
+    const std::int64_t window = std::min(window_ns_.load(std::memory_order_relaxed), max_ns);
+    if (window <= 0) return;
+    // A realtime thread (ioreq_realtime_priority) does not poll: its
+    // sched_yield() gives the CPU only to threads of its own priority
+    // (sched_yield(2)), so it would keep every normal thread of its CPU
+    // (another guest's I/O, a device's strand) off it for the whole window.
+    // Its wake-up from the fd wait is the fast path instead. A thread's
+    // policy is set as it starts (daemon/ioreq_tuning.h), so asked once.
+    thread_local const int policy = ::sched_getscheduler(0);
+    if (policy == SCHED_FIFO || policy == SCHED_RR) return;
+    auto now = clock::now();
+    // The budget of polls in vain: 1/kPollBudgetShare of the time passed.
+    if (credit_at_ != clock::time_point{})
+        credit_ns_ = std::min<std::int64_t>(kPollCreditMax.count(),
+                                            credit_ns_ + std::chrono::nanoseconds(now - credit_at_).count() /
+                                                             std::int64_t(kPollBudgetShare));
+    credit_at_ = now;
     // Bounded: a guest trapping without pause must not keep the strand
     // from its other work (stop, region changes).
     for (unsigned serves = 0; serves < kMaxPollServes && state_ != State::Stopped;) {
-        if (readable_now()) {
-            serve_now(/*polled=*/true);
-            ++serves;
-            until = clock::now() + window;
-            continue;
+        // A round that finds nothing is paid from the budget: it never
+        // polls longer than the budget holds.
+        const std::int64_t limit = std::min(window, credit_ns_);
+        if (limit <= 0) return;
+        const auto start = clock::now();
+        const auto until = start + std::chrono::nanoseconds(limit);
+        for (;;) {
+            if (readable_now()) {
+                serve_now(/*polled=*/true);
+                ++serves;
+                break;
+            }
+            now = clock::now();
+            if (now >= until || state_ == State::Stopped) {
+                const std::int64_t spent = std::chrono::nanoseconds(now - start).count();
+                credit_ns_ -= spent;
+                polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
+                poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
+                return;
+            }
+            // Give the CPU away between looks: on a busy host the thread
+            // that will trap next may be waiting for this very CPU. A yield
+            // that comes back late ran another task: the CPU is wanted
+            // elsewhere, and polling on would take it from that task (KVM's
+            // halt polling likewise stops once its CPU has another runnable
+            // task). Stop, and halve the window.
+            const auto before_yield = clock::now();
+            std::this_thread::yield();
+            if (clock::now() - before_yield > kPollContended && gives_way_.load(std::memory_order_relaxed)) {
+                const std::int64_t spent = std::chrono::nanoseconds(clock::now() - start).count();
+                credit_ns_ -= spent;
+                polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
+                polls_contended_.fetch_add(1, std::memory_order_relaxed);
+                poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
+                std::int64_t w = window_ns_.load(std::memory_order_relaxed) / 2;
+                window_ns_.store(w < kPollGrowStart.count() ? 0 : w, std::memory_order_relaxed);
+                return;
+            }
         }
-        if (clock::now() >= until) return;
-        // Give the CPU away between looks: on a busy host the thread that
-        // will trap next may be waiting for this very CPU.
-        std::this_thread::yield();
     }
 }
 
@@ -387,6 +453,10 @@ IoreqLoop::Stats IoreqLoop::stats() const {
     s.unclaimed = unclaimed_;
     s.malformed = malformed_;
     s.polled = polled_;
+    s.polls_in_vain = polls_in_vain_.load(std::memory_order_relaxed);
+    s.poll_in_vain_ns = poll_in_vain_ns_.load(std::memory_order_relaxed);
+    s.poll_window_ns = window_ns_.load(std::memory_order_relaxed);
+    s.polls_contended = polls_contended_.load(std::memory_order_relaxed);
     return s;
 }
 

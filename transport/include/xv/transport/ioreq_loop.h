@@ -56,6 +56,10 @@ public:
         std::uint64_t unclaimed = 0;  ///< addresses nothing claims
         std::uint64_t malformed = 0;  ///< data_is_ptr, count > 1, bad size, bad type
         std::uint64_t polled = 0;     ///< ioreqs served by the poll window (set_poll), without a wake-up
+        std::uint64_t polls_in_vain = 0;    ///< poll rounds that ended without an ioreq
+        std::uint64_t poll_in_vain_ns = 0;  ///< time those rounds polled (drawn on the budget)
+        std::int64_t poll_window_ns = 0;    ///< the adapted window now (0 .. set_poll())
+        std::uint64_t polls_contended = 0;  ///< of polls_in_vain: stopped because another task wanted the CPU
     };
 
     /// Creates the ioreq server of `domid` through `dm` (which must outlive
@@ -83,17 +87,43 @@ public:
     /// `done` (on the loop strand).
     void stop(std::function<void()> done);
 
-    /// After serving, keep polling the server for `window` before waiting
-    /// on its fd again (0, the default: wait at once). A guest's register
-    /// accesses come in bursts; polling answers the next one without the
-    /// sleep and wake-up of the fd wait, at the price of a busy thread for
-    /// up to `window` after the last access. One poll round serves at most
-    /// kMaxPollServes rounds before the strand runs other work.
+    /// After serving, keep polling the server for up to `window` before
+    /// waiting on its fd again (0, the default: wait at once). A guest's
+    /// register accesses come in bursts; polling answers the next one
+    /// without the sleep and wake-up of the fd wait, whose tail on a busy
+    /// or idle-halted host is tens of microseconds.
+    ///
+    /// `window` is a maximum: the loop adapts the window it uses between 0
+    /// and it (IoreqLoop::Stats::poll_window_ns):
+    ///
+    ///   woken after sleeping < window   the next access came soon after
+    ///                                   the last: double the window
+    ///                                   (from kPollGrowStart), up to `window`
+    ///   woken after sleeping >= window  the guest is not in a burst: halve
+    ///                                   the window (below kPollGrowStart: 0)
+    ///
+    /// so that a guest that does not trap costs no polling at all. A poll
+    /// stops (and halves the window) when a yield between two looks comes
+    /// back after more than kPollContended: another task ran, so the CPU
+    /// is wanted and polling would only delay that task. A poll
+    /// that finds nothing draws on a budget that grows by 1/kPollBudgetShare
+    /// of the time that passes (at most kPollCreditMax banked): polling in
+    /// vain costs at most 1/kPollBudgetShare of one CPU per loop on average,
+    /// whatever the guest does. One poll round serves at most
+    /// kMaxPollServes ioreqs before the strand runs other work.
     void set_poll(std::chrono::microseconds window) noexcept { poll_ns_ = std::int64_t(window.count()) * 1000; }
-    /// The window set_poll() set.
+    /// The maximum set_poll() set.
     std::chrono::microseconds poll_window() const noexcept {
         return std::chrono::microseconds(poll_ns_.load(std::memory_order_relaxed) / 1000);
     }
+    /// Whether a poll stops when its CPU is wanted (kPollContended; on by
+    /// default). Off: polls the whole window whatever else runs (tests of
+    /// the window's rules on a busy host).
+    void set_poll_gives_way(bool on) noexcept { gives_way_ = on; }
+    static constexpr std::chrono::nanoseconds kPollGrowStart{std::chrono::microseconds(10)};
+    static constexpr unsigned kPollBudgetShare = 10;
+    static constexpr std::chrono::nanoseconds kPollContended{std::chrono::microseconds(20)};
+    static constexpr std::chrono::nanoseconds kPollCreditMax{std::chrono::milliseconds(2)};
     static constexpr unsigned kMaxPollServes = 256;
 
     /// Routes and answers one ioreq (what serve_pending calls; public for
@@ -121,6 +151,7 @@ private:
     void on_ready();
     unsigned serve_now(bool polled = false);  ///< polled: found by poll_for_more()
     void poll_for_more();
+    void adapt_window(std::chrono::steady_clock::time_point woken);
     bool readable_now() const;
     void drain_extra();
     void on_bar_change(std::uint32_t sbdf, std::optional<std::uint64_t> old_base,
@@ -143,7 +174,15 @@ private:
     std::vector<std::function<void(std::function<void()>)>> quiescers_;
 
     std::atomic<std::uint64_t> served_{0}, wakeups_{0}, unclaimed_{0}, malformed_{0}, polled_{0};
-    std::atomic<std::int64_t> poll_ns_{0};  ///< set_poll()
+    std::atomic<std::int64_t> poll_ns_{0};  ///< set_poll(): the maximum window
+    // Adaptive polling (set_poll), used on the strand only; the atomics are
+    // read by stats().
+    std::atomic<std::int64_t> window_ns_{0};  ///< the window now
+    std::atomic<bool> gives_way_{true};       ///< set_poll_gives_way()
+    std::chrono::steady_clock::time_point asleep_since_{};  ///< the fd wait began (arm())
+    std::int64_t credit_ns_ = kPollCreditMax.count();        ///< budget for polls in vain
+    std::chrono::steady_clock::time_point credit_at_{};     ///< when credit_ns_ was last topped up
+    std::atomic<std::uint64_t> polls_in_vain_{0}, poll_in_vain_ns_{0}, polls_contended_{0};
     log::RateLimit rl_;
 };
 
