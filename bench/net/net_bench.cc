@@ -224,25 +224,6 @@ void record(benchmark::State& st, const char* what, std::size_t frames, Clock::d
     st.SetBytesProcessed(static_cast<std::int64_t>(frames * st.range(0)));
 }
 
-/// How the bench's guest (and the rx baselines' waiter) waits for the
-/// other side: spins a while (a vCPU does not hand its core to other host
-/// processes between two used entries), then yields. sched_yield() at once
-/// would give the core away for a whole time slice on a busy host and
-/// measure the host's scheduler instead of the data path.
-struct Waiter {
-    unsigned misses = 0;
-    void idle() {
-        if (++misses < 1000) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-            return;
-        }
-        std::this_thread::yield();
-    }
-    void progress() { misses = 0; }
-};
-
 /// Guest -> device -> tap: a batch of chains, one kick, wait for all used.
 void BM_DeviceTx(benchmark::State& st) {
     const auto len = static_cast<std::uint32_t>(12 + st.range(0));
@@ -262,14 +243,11 @@ void BM_DeviceTx(benchmark::State& st) {
             }
         }
         g->rig.kick(1);
-        Waiter w;
         for (int got = 0; got < kBatch;) {
-            if (drv.next_used()) {
+            if (drv.next_used())
                 ++got;
-                w.progress();
-            } else {
-                w.idle();
-            }
+            else
+                std::this_thread::yield();
         }
         frames += kBatch;
     }
@@ -296,7 +274,6 @@ void BM_DeviceTxStream(benchmark::State& st) {
     const pthread_t dev_thread = g->rig.loop.native_handle();
     const double c0 = cpu_seconds(dev_thread);
     auto t0 = Clock::now();
-    Waiter w;
     for (auto _ : st) {
         const std::size_t goal = done + kBatch;
         while (done < goal) {
@@ -318,10 +295,7 @@ void BM_DeviceTxStream(benchmark::State& st) {
                 g->rig.kick(1);
                 ++g_stream_kicks[st.range(0)].first;
             }
-            if (!progress && !added)
-                w.idle();
-            else
-                w.progress();
+            if (!progress && !added) std::this_thread::yield();
         }
     }
     // The frames still in flight count too: wait for them.
@@ -428,10 +402,8 @@ void BM_DeviceRx(benchmark::State& st) {
             return;
         }
         const auto deadline = Clock::now() + std::chrono::seconds(5);
-        Waiter w;
         for (int got = 0; got < kBatch;) {
             if (auto u = drv.next_used()) {
-                w.progress();
                 if (u->len != 12 + f.size()) {
                     st.SkipWithError("rx frame of the wrong length");
                     return;
@@ -441,7 +413,7 @@ void BM_DeviceRx(benchmark::State& st) {
                 st.SkipWithError("rx frames lost");
                 return;
             } else {
-                w.idle();
+                std::this_thread::yield();
             }
         }
         frames += kBatch;
@@ -464,13 +436,12 @@ void BM_BaselineRead(benchmark::State& st) {
         }
         want += kBatch;
         const auto deadline = Clock::now() + std::chrono::seconds(5);
-        Waiter w;
         while (g->base_rx_frames.load(std::memory_order_acquire) < want) {
             if (Clock::now() > deadline) {
                 st.SkipWithError("baseline rx frames lost");
                 return;
             }
-            w.idle();
+            std::this_thread::yield();
         }
         frames += kBatch;
     }
