@@ -3,6 +3,8 @@
 // the simulator's xenstore exactly as libxl writes them -> the guest
 // manager serves them -> a guest-side driver verifies data -> the guest is
 // destroyed -> every resource is released.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -84,6 +86,27 @@ TEST(DaemonE2E, ServesAnnouncedGuestVerifiesDataAndReleasesEverythingOnDestroy) 
     EXPECT_TRUE(h.eventually([&] { return h.released(); })) << h.resources_text();
     EXPECT_TRUE(h.sim->zombies().empty());
     EXPECT_EQ(h.sim->stats().foreign_ram_maps, 0u);
+}
+
+TEST(DaemonE2E, ConsolePortsOfTheConfigListenWhileTheGuestLives) {
+    // [[device]] console `ports` -> the guest's console device gets its
+    // extra port (MULTIPORT offered), listening on the configured socket.
+    const fs::path dir = fs::temp_directory_path() / ("xv-e2e-ports-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    const std::string sock = (dir / "agent.sock").string();
+    Host h(domains_toml({{"g1", "unsafe"}}) + "[[device]]\nguest = \"g1\"\ntype = \"console\"\nports = [ { name = " +
+           "\"org.example.agent\", socket = \"" + sock + "\" } ]\n");
+    auto dom = create_guest(h, "g1");
+    ASSERT_TRUE(dom.has_value());
+    ASSERT_TRUE(h.sim->add_virtio_device(spec(*dom, 0, "virtio,device3")).has_value());
+    auto v = h.start();
+    ASSERT_TRUE(v.has_value()) << v.error().describe();
+    EXPECT_TRUE(h.eventually([&] { return fs::is_socket(sock); })) << sock << " not listening";
+    ASSERT_TRUE(h.sim->destroy_domain(*dom).has_value());
+    EXPECT_TRUE(h.eventually([&] { return h.sessions().empty(); }));
+    EXPECT_TRUE(h.eventually([&] { return !fs::exists(sock); })) << sock << " left behind";
+    std::error_code ec;
+    fs::remove_all(dir, ec);
 }
 
 TEST(DaemonE2E, DeviceWithoutGrantsGetsAnErrorNodeAndTheOtherDevicesStillWork) {
