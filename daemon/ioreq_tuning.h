@@ -8,9 +8,11 @@
 // turnaround is the event channel's wake-up of our thread plus the register
 // work. Two knobs shorten the wake-up tail:
 //   poll window     after serving, keep looking for the next ioreq for
-//                   ioreq_poll_us before sleeping on the event channel
-//                   (IoreqLoop::set_poll): a burst of accesses is served
-//                   without wake-ups, for a busy thread after each burst.
+//                   up to ioreq_poll_us (default 50) before sleeping on the
+//                   event channel (IoreqLoop::set_poll, adaptive: 0 for a
+//                   guest that does not trap in bursts; polls in vain held
+//                   to a tenth of a CPU): a burst of accesses is served
+//                   without wake-ups. Not with SCHED_FIFO (below).
 //   SCHED_FIFO      the guest's I/O threads preempt normal tasks when the
 //                   event channel wakes them (sched(7)).
 //

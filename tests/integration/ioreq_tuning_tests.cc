@@ -82,8 +82,19 @@ TEST(IoreqTuning, ConfiguredPollWindowReachesTheGuestsLoopAndServesAccessesWitho
     EXPECT_LE(loop->stats().polled, loop->stats().served);
 }
 
-TEST(IoreqTuning, WithoutTheKeyTheLoopWaitsOnTheEventChannelAtOnce) {
+TEST(IoreqTuning, WithoutTheKeyTheLoopPollsAnAdaptiveWindowOfAtMost50us) {
     Served s("strict = false");
+    ASSERT_TRUE(s.session);
+    auto loop = s.session->loop();
+    EXPECT_EQ(loop->poll_window(), 50us);
+    auto g = s.h.sim->guest(s.dom);
+    for (int i = 0; i < 200; ++i) ASSERT_EQ(*g->mmio_read(0, kBase, 4), kMagic);
+    EXPECT_GE(loop->stats().served, 200u);
+    EXPECT_LE(loop->stats().poll_window_ns, 50000);
+}
+
+TEST(IoreqTuning, ZeroTurnsPollingOffAndTheLoopWaitsOnTheEventChannelAtOnce) {
+    Served s("ioreq_poll_us = 0");
     ASSERT_TRUE(s.session);
     auto loop = s.session->loop();
     EXPECT_EQ(loop->poll_window(), 0us);
@@ -91,6 +102,25 @@ TEST(IoreqTuning, WithoutTheKeyTheLoopWaitsOnTheEventChannelAtOnce) {
     for (int i = 0; i < 200; ++i) ASSERT_EQ(*g->mmio_read(0, kBase, 4), kMagic);
     EXPECT_GE(loop->stats().served, 200u);
     EXPECT_EQ(loop->stats().polled, 0u);
+    EXPECT_EQ(loop->stats().polls_in_vain, 0u);
+    EXPECT_EQ(loop->stats().poll_window_ns, 0);
+}
+
+// A SCHED_FIFO loop thread would keep the normal threads of its CPU off it
+// while it polls (sched_yield(2) yields only to its own priority): with
+// ioreq_realtime_priority the loop waits on the event channel, whatever
+// the poll window.
+TEST(IoreqTuning, RealtimeThreadsDoNotPoll) {
+    if (!may_use_fifo(7)) GTEST_SKIP() << "SCHED_FIFO not allowed here";
+    Served s("ioreq_poll_us = 1000\nioreq_realtime_priority = 7");
+    ASSERT_TRUE(s.session);
+    auto loop = s.session->loop();
+    EXPECT_EQ(loop->poll_window(), 1000us);
+    auto g = s.h.sim->guest(s.dom);
+    for (int i = 0; i < 300; ++i) ASSERT_EQ(*g->mmio_read(0, kBase, 4), kMagic);
+    EXPECT_GE(loop->stats().served, 300u);
+    EXPECT_EQ(loop->stats().polled, 0u);
+    EXPECT_EQ(loop->stats().polls_in_vain, 0u);
 }
 
 TEST(IoreqTuning, RealtimePriorityReachesTheGuestsThreadsWhenAllowedAndTheStarterIsRestored) {

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -227,6 +228,18 @@ void IoreqLoop::on_ready() {
     arm();
 }
 
+namespace {
+
+/// CPU time of the calling thread: what a poll in vain cost (the time
+/// another task had the CPU meanwhile is not ours).
+std::int64_t thread_cpu_ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+}  // namespace
+
 void IoreqLoop::adapt_window(std::chrono::steady_clock::time_point woken) {
     // The rule of set_poll() (ioreq_loop.h): grow when the fd wait was
     // shorter than the maximum window (a longer poll would have served the
@@ -274,6 +287,7 @@ void IoreqLoop::poll_for_more() {
         if (limit <= 0) return;
         const auto start = clock::now();
         const auto until = start + std::chrono::nanoseconds(limit);
+        const std::int64_t cpu_start = thread_cpu_ns();
         for (;;) {
             if (readable_now()) {
                 serve_now(/*polled=*/true);
@@ -282,7 +296,7 @@ void IoreqLoop::poll_for_more() {
             }
             now = clock::now();
             if (now >= until || state_ == State::Stopped) {
-                const std::int64_t spent = std::chrono::nanoseconds(now - start).count();
+                const std::int64_t spent = thread_cpu_ns() - cpu_start;
                 credit_ns_ -= spent;
                 polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
                 poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
@@ -297,7 +311,7 @@ void IoreqLoop::poll_for_more() {
             const auto before_yield = clock::now();
             std::this_thread::yield();
             if (clock::now() - before_yield > kPollContended && gives_way_.load(std::memory_order_relaxed)) {
-                const std::int64_t spent = std::chrono::nanoseconds(clock::now() - start).count();
+                const std::int64_t spent = thread_cpu_ns() - cpu_start;
                 credit_ns_ -= spent;
                 polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
                 polls_contended_.fetch_add(1, std::memory_order_relaxed);

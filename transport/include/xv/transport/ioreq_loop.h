@@ -57,7 +57,7 @@ public:
         std::uint64_t malformed = 0;  ///< data_is_ptr, count > 1, bad size, bad type
         std::uint64_t polled = 0;     ///< ioreqs served by the poll window (set_poll), without a wake-up
         std::uint64_t polls_in_vain = 0;    ///< poll rounds that ended without an ioreq
-        std::uint64_t poll_in_vain_ns = 0;  ///< time those rounds polled (drawn on the budget)
+        std::uint64_t poll_in_vain_ns = 0;  ///< CPU time those rounds polled (drawn on the budget)
         std::int64_t poll_window_ns = 0;    ///< the adapted window now (0 .. set_poll())
         std::uint64_t polls_contended = 0;  ///< of polls_in_vain: stopped because another task wanted the CPU
     };
