@@ -57,9 +57,10 @@ void print_cpu(const char* what, const xv::daemon::testing::CpuSplit& c) {
         return;
     }
     std::printf("  CPU, %-16s: backend honest %.2f, flooder %.2f (flooder %2.0f %% of the backend); "
-                "simulated vCPUs honest %.2f, flooder %.2f; other %.2f; honest backend waited for a CPU %.2f\n",
+                "simulated vCPUs honest %.2f, flooder %.2f; other %.2f; waited for a CPU: honest backend %.2f, "
+                "honest vCPU %.2f\n",
                 what, c.honest_backend, c.flood_backend, 100 * c.flood_backend_share(), c.honest_vcpus, c.flood_vcpus,
-                c.other, c.honest_backend_wait);
+                c.other, c.honest_backend_wait, c.honest_vcpus_wait);
 }
 
 }  // namespace

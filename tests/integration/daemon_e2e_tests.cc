@@ -240,10 +240,13 @@ TEST(DaemonE2E, PlanMatchesAnnouncedDevicesToConfigurationAndRefusesUnknownGener
 // flood really ran; and each honest request costs its worker no more CPU
 // with the flood on than off (within 50 %): the flooder's grant mappings
 // (mmap/munmap, the mm lock, TLB shootdowns) stay in its own process. In
-// one process for both guests that cost was 2.1 to 3.6 times the solo cost
-// (bench/daemon, release build), which took the honest rate to 0.23-0.29
-// of solo; measured here per request (release, loaded 2-core machine):
-// 1.02 to 1.07 times; here (ASan+UBSan, debug) 0.99 to 1.02. The rate
+// one process for both guests that cost was 1.3 to 3.6 times the solo cost
+// (bench/daemon, release build), which took the honest rate to 0.17-0.37
+// of solo; in two processes 0.8 to 1.15 times in most runs (1.53 once, on
+// a loaded machine). In this build (ASan+UBSan, debug) the
+// instrumentation's own cost dominates: two processes 0.99 to 1.17 times,
+// one process 1.39 to 1.40 times, so the bound is a guard against a
+// regression of the deployment's shape, not a test of the shape. The rate
 // ratio itself is asserted only at kMinShare = 0.20, not at the goal's
 // 0.80: the simulated guests' vCPUs are threads on the same two CPUs as
 // both workers (on Xen they run on the guests' own physical CPUs), and in

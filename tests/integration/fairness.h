@@ -136,6 +136,9 @@ struct CpuSplit {
     /// Time the honest guest's backend threads were runnable but waited for
     /// a CPU (seconds per second): the scheduler's delay, not our code's.
     double honest_backend_wait = 0;
+    /// The same for the simulated honest guest's vCPU thread (on Xen: the
+    /// guest's own physical CPU, not the backend's).
+    double honest_vcpus_wait = 0;
     bool sampled = false;       ///< schedstat was readable
     /// The flooder's part of the backend's CPU.
     double flood_backend_share() const {
@@ -281,9 +284,10 @@ inline CpuSplit split_cpu(const std::map<int, TaskTime>& acc, double seconds, co
             auto it = owner.find(std::atoi(who.c_str() + 8));
             who = it != owner.end() ? it->second : "";
         }
-        if (tid == honest_vcpu)
+        if (tid == honest_vcpu) {
             c.honest_vcpus += cpu;
-        else if (std::find(flood_vcpus.begin(), flood_vcpus.end(), tid) != flood_vcpus.end())
+            c.honest_vcpus_wait += wait;
+        } else if (std::find(flood_vcpus.begin(), flood_vcpus.end(), tid) != flood_vcpus.end())
             c.flood_vcpus += cpu;
         else if (who == honest_exec) {
             c.honest_backend += cpu;
