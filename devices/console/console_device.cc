@@ -506,6 +506,11 @@ private:
             bad(ConsoleError::ControlValue, id, event, value, len);
             return;
         }
+        // PORT_READY and PORT_OPEN name a port the device added (§5.3.6.2).
+        if ((event == cc::kPortReady || event == cc::kPortOpen) && (id >= st_.size() || !st_[id].added)) {
+            bad(ConsoleError::ControlPort, id, event, value, len);
+            return;
+        }
         switch (event) {
             case cc::kDeviceReady: {
                 // id is unused (§5.3.6.2).
@@ -525,10 +530,6 @@ private:
                 return;
             }
             case cc::kPortReady: {
-                if (id >= st_.size() || !st_[id].added) {
-                    bad(ConsoleError::ControlPort, id, event, value, len);
-                    return;
-                }
                 h0().n.control_in++;
                 PortState& ps = st_[id];
                 if (value == 0) {
@@ -552,10 +553,6 @@ private:
                 return;
             }
             case cc::kPortOpen: {
-                if (id >= st_.size() || !st_[id].added) {
-                    bad(ConsoleError::ControlPort, id, event, value, len);
-                    return;
-                }
                 h0().n.control_in++;
                 st_[id].guest_open = value == 1;
                 // Port 0's input flows whatever the driver says (as without
