@@ -288,6 +288,13 @@ void IoreqLoop::poll_for_more() {
         const auto start = clock::now();
         const auto until = start + std::chrono::nanoseconds(limit);
         const std::int64_t cpu_start = thread_cpu_ns();
+        // A round that found nothing: its CPU time comes off the budget.
+        auto charge_in_vain = [&] {
+            const std::int64_t spent = thread_cpu_ns() - cpu_start;
+            credit_ns_ -= spent;
+            polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
+            poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
+        };
         for (;;) {
             if (readable_now()) {
                 serve_now(/*polled=*/true);
@@ -296,10 +303,7 @@ void IoreqLoop::poll_for_more() {
             }
             now = clock::now();
             if (now >= until || state_ == State::Stopped) {
-                const std::int64_t spent = thread_cpu_ns() - cpu_start;
-                credit_ns_ -= spent;
-                polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
-                poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
+                charge_in_vain();
                 return;
             }
             // Give the CPU away between looks: on a busy host the thread
@@ -311,11 +315,8 @@ void IoreqLoop::poll_for_more() {
             const auto before_yield = clock::now();
             std::this_thread::yield();
             if (clock::now() - before_yield > kPollContended && gives_way_.load(std::memory_order_relaxed)) {
-                const std::int64_t spent = thread_cpu_ns() - cpu_start;
-                credit_ns_ -= spent;
-                polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
+                charge_in_vain();
                 polls_contended_.fetch_add(1, std::memory_order_relaxed);
-                poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
                 std::int64_t w = window_ns_.load(std::memory_order_relaxed) / 2;
                 window_ns_.store(w < kPollGrowStart.count() ? 0 : w, std::memory_order_relaxed);
                 return;
