@@ -169,6 +169,15 @@ void read_daemon(Reader& r, const toml::table& t, DaemonSection& d) {
         } else if (key == "ioreq_realtime_priority") {
             if (auto v = r.integer(node, sec, key, 0, DaemonSection::kMaxRealtimePriority))
                 d.ioreq_realtime_priority = unsigned(*v);
+        } else if (key == "worker_cgroups") {
+            if (auto v = r.string(node, sec, key)) {
+                if (*v == "auto")
+                    d.worker_cgroups = WorkerCgroupMode::Auto;
+                else if (*v == "off")
+                    d.worker_cgroups = WorkerCgroupMode::Off;
+                else
+                    r.error(Reader::line(node), sec, key, "'" + *v + "' is not one of auto|off");
+            }
         } else {
             r.error(Reader::line(node), sec, key, "unknown key");
         }

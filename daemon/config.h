@@ -4,7 +4,7 @@
 //
 //   /etc/xen-virtiod/xen-virtiod.toml
 //     [daemon]        strict, log_level, workers, default_class, seccomp,
-//                     ioreq_poll_us, ioreq_realtime_priority
+//                     ioreq_poll_us, ioreq_realtime_priority, worker_cgroups
 //     [[domain]]      id | name, roles, class, allow_unrestricted
 //     [[device]]      guest, type, index, transport, grants, nonblocking,
 //                     blk: path readonly discard queues
@@ -50,6 +50,8 @@ enum class ConsoleBackend : std::uint8_t { Pty, Socket, Log };
 
 /// What the seccomp filter does with a syscall it does not allow (R5).
 enum class SeccompMode : std::uint8_t { Errno, Kill, Off };
+/// [daemon] worker_cgroups: each worker in a cpu cgroup of its own (worker_cgroup.h).
+enum class WorkerCgroupMode : std::uint8_t { Auto, Off };
 
 /// "hardware" | "control" | "domu".
 const char* to_string(Role r);
@@ -120,6 +122,10 @@ struct DaemonSection {
     /// (systemd LimitRTPRIO=); refused: a warning, and served at the normal policy.
     unsigned ioreq_realtime_priority = 0;
     static constexpr unsigned kMaxRealtimePriority = 99;  ///< sched(7): SCHED_FIFO 1..99
+    /// "auto": the supervisor puts each worker in a cpu cgroup of its own,
+    /// equal weights, where the cgroup tree lets it (worker_cgroup.h);
+    /// "off": workers stay in the service's group.
+    WorkerCgroupMode worker_cgroups = WorkerCgroupMode::Auto;
 };
 
 /// [[domain]]: the role and class of one domain.

@@ -69,10 +69,12 @@ std::optional<std::string> fill_backend(DevicePlan& p, const DeviceEntry* cfg, c
     return "unknown device type";
 }
 
-/// fork/exec of `xen-virtiod serve --domid N --worker`, waitpid to reap.
+/// fork/exec of `xen-virtiod serve --domid N --worker`, waitpid to reap;
+/// each worker in a cpu cgroup of its own when `cgroups` is enabled.
 class ProcessSpawner final : public WorkerSpawner {
 public:
-    ProcessSpawner(std::string exe, std::string config) : exe_(std::move(exe)), config_(std::move(config)) {}
+    ProcessSpawner(std::string exe, std::string config, std::shared_ptr<WorkerCgroups> cgroups)
+        : exe_(std::move(exe)), config_(std::move(config)), cgroups_(std::move(cgroups)) {}
 
     Result<int> spawn(xen::DomId domid) override {
         // Everything the child needs is built before fork: between fork and
@@ -80,19 +82,35 @@ public:
         const std::string dom = std::to_string(domid);
         const char* argv[] = {exe_.c_str(), "serve", "--domid", dom.c_str(), "--config", config_.c_str(),
                               "--worker", nullptr};
+        WorkerCgroupSlot slot;
+        if (cgroups_ && cgroups_->enabled()) {
+            if (auto s = cgroups_->prepare(domid))
+                slot = std::move(s).value();
+            else
+                spdlog::warn("dom{}: the worker runs without a cgroup of its own (no CPU share of its own): {}",
+                             domid, s.error().describe());
+        }
         pid_t pid = fork();
-        if (pid < 0) return errno_error(errno, "fork");
+        if (pid < 0) {
+            if (slot.valid()) cgroups_->release(domid);
+            return errno_error(errno, "fork");
+        }
         if (pid == 0) {
+            // Into its group before exec: every thread it starts is born there.
+            if (slot.valid()) (void)slot.enter();
             execv(exe_.c_str(), const_cast<char* const*>(argv));
             _exit(127);
         }
+        if (slot.valid()) grouped_[int(pid)] = domid;
         return int(pid);
     }
 
     std::optional<WorkerExit> poll(int id) override {
+        if (cgroups_) cgroups_->retry();
         int status = 0;
         pid_t r = waitpid(pid_t(id), &status, WNOHANG);
         if (r != pid_t(id)) return std::nullopt;
+        reaped(id);
         return decode(status);
     }
 
@@ -108,15 +126,25 @@ public:
         (void)kill(pid_t(id), SIGKILL);
         int status = 0;
         (void)waitpid(pid_t(id), &status, 0);
+        reaped(id);
         return decode(status);
     }
 
 private:
+    /// The worker's group goes once the worker was reaped.
+    void reaped(int id) {
+        auto it = grouped_.find(id);
+        if (it == grouped_.end()) return;
+        cgroups_->release(it->second);
+        grouped_.erase(it);
+    }
     static WorkerExit decode(int status) {
         if (WIFSIGNALED(status)) return {true, WTERMSIG(status)};
         return {false, WIFEXITED(status) ? WEXITSTATUS(status) : 0};
     }
     std::string exe_, config_;
+    std::shared_ptr<WorkerCgroups> cgroups_;
+    std::map<int, xen::DomId> grouped_;  ///< pid -> guest, for workers placed in a group
 };
 
 std::string describe_exit(const WorkerExit& e) {
@@ -134,8 +162,9 @@ std::string ioreq_intent_path(const xen::XenStore& xs, xen::DomId self, xen::Dom
     return xs.domain_path(self) + "/xen-virtiod/" + std::to_string(guest) + "/ioreq-server-intent";
 }
 
-std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path) {
-    return std::make_shared<ProcessSpawner>(std::move(self_exe), std::move(config_path));
+std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path,
+                                                    std::shared_ptr<WorkerCgroups> cgroups) {
+    return std::make_shared<ProcessSpawner>(std::move(self_exe), std::move(config_path), std::move(cgroups));
 }
 
 PlanResult plan_guest(const Config& config, xen::DomId domid, const std::string& name,
@@ -238,9 +267,7 @@ std::shared_ptr<GuestManager> GuestManager::create(const Config& config, xen::Hy
 GuestManager::GuestManager(const Config& config, xen::Hypervisor& hv, boost::asio::any_io_executor ex,
                            ManagerOptions opts)
     : config_(config), hv_(hv), ex_(ex), strand_(boost::asio::make_strand(ex)), opts_(std::move(opts)),
-      reap_timer_(ex), settle_timer_(ex) {
-    if (opts_.spawn_workers && !opts_.spawner) opts_.spawner = make_process_spawner(opts_.self_exe, opts_.config_path);
-}
+      reap_timer_(ex), settle_timer_(ex) {}
 
 GuestManager::~GuestManager() {
     // The watch fd belongs to the XenStore handle: never close it twice.
@@ -276,6 +303,12 @@ Result<Verdicts> GuestManager::start() {
     xs_ = std::move(xs).value();
     if (auto dc = hv_.open_domain_control()) dc_ = std::move(dc).value();
     host_ = host_facts(&hv_);
+    if (opts_.spawn_workers && !opts_.spawner) {
+        // Each worker in a cpu cgroup of its own, equal weights, where the
+        // cgroup tree lets us (otherwise one log line, and without).
+        opts_.spawner = make_process_spawner(opts_.self_exe, opts_.config_path,
+                                             WorkerCgroups::setup(opts_.worker_cgroups));
+    }
 
     // Watch before the first scan, so nothing announced in between is missed.
     for (const char* kind : {"virtio", "virtio_disk"}) {

@@ -59,6 +59,7 @@
 #include "guest_executor.h"
 #include "guest_session.h"
 #include "policy.h"
+#include "worker_cgroup.h"
 #include "xv/xen/hypervisor.h"
 
 namespace xv::daemon {
@@ -85,8 +86,11 @@ public:
     virtual WorkerExit wait(int id, std::chrono::milliseconds limit) = 0;
 };
 
-/// The fork/exec spawner: `self_exe serve --domid N --config FILE --worker`.
-std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path);
+/// The fork/exec spawner: `self_exe serve --domid N --config FILE --worker`;
+/// with `cgroups` enabled each worker enters its own group before exec and
+/// the group is removed once the worker was reaped (worker_cgroup.h).
+std::shared_ptr<WorkerSpawner> make_process_spawner(std::string self_exe, std::string config_path,
+                                                    std::shared_ptr<WorkerCgroups> cgroups = nullptr);
 
 /// How the manager runs.
 struct ManagerOptions {
@@ -103,8 +107,12 @@ struct ManagerOptions {
     /// For spawned workers: this binary and the configuration file.
     std::string self_exe;
     std::string config_path;
-    /// Spawns the workers (null: make_process_spawner(self_exe, config_path)).
+    /// Spawns the workers (null: make_process_spawner(self_exe, config_path,
+    /// WorkerCgroups::setup(worker_cgroups)), made by start()).
     std::shared_ptr<WorkerSpawner> spawner;
+    /// Where the process spawner puts each worker's cpu cgroup ([daemon]
+    /// worker_cgroups; tests point it at a temporary tree).
+    WorkerCgroupOptions worker_cgroups;
     /// How often worker exits are collected and due restarts made.
     std::chrono::milliseconds reap_period{500};
     /// First restart delay after a crash; doubles up to restart_backoff_max.

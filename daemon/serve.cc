@@ -103,6 +103,7 @@ int run_serve(const ServeOptions& opts) {
     mo.report_ioreq_servers = opts.worker;
     mo.self_exe = self_exe();
     mo.config_path = opts.config_path;
+    mo.worker_cgroups.mode = config.daemon.worker_cgroups;
     int exit_status = kExitOk;
     bool guest_gone = false;
     mo.on_only_guest_gone = [&] {

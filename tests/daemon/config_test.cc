@@ -36,6 +36,7 @@ TEST(Config, EmptyFileGivesDefaults) {
     EXPECT_EQ(c.daemon.seccomp, SeccompMode::Errno);
     EXPECT_EQ(c.daemon.ioreq_poll_us, 50u);  // adaptive, up to 50 us (configuration.md)
     EXPECT_EQ(c.daemon.ioreq_realtime_priority, 0u);
+    EXPECT_EQ(c.daemon.worker_cgroups, WorkerCgroupMode::Auto);
     EXPECT_TRUE(c.domains.empty());
     EXPECT_TRUE(c.devices.empty());
     EXPECT_EQ(c.source, kFile);
@@ -51,6 +52,7 @@ default_class = "safe"
 seccomp = "kill"
 ioreq_poll_us = 50
 ioreq_realtime_priority = 20
+worker_cgroups = "off"
 
 [[domain]]
 id = 0
@@ -107,12 +109,13 @@ log = "/var/log/xen-virtiod/g1.log"
     EXPECT_EQ(c.daemon.seccomp, SeccompMode::Kill);
     EXPECT_EQ(c.daemon.ioreq_poll_us, 50u);
     EXPECT_EQ(c.daemon.ioreq_realtime_priority, 20u);
+    EXPECT_EQ(c.daemon.worker_cgroups, WorkerCgroupMode::Off);
 
     ASSERT_EQ(c.domains.size(), 2u);
     EXPECT_EQ(c.domains[0].id, xen::DomId(0));
     EXPECT_TRUE(c.domains[0].roles.hardware && c.domains[0].roles.control && !c.domains[0].roles.domu);
     EXPECT_EQ(c.domains[0].cls, VmClass::Safe);
-    EXPECT_EQ(c.domains[0].line, 11u);
+    EXPECT_EQ(c.domains[0].line, 12u);
     EXPECT_EQ(c.domains[1].name, "guest1");
     EXPECT_EQ(c.domains[1].id, xen::DomId(5));
     EXPECT_TRUE(c.domains[1].roles.domu);
@@ -344,6 +347,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"[daemon]\nioreq_realtime_priority = -5\n", ":2: [daemon] key 'ioreq_realtime_priority': value -5 out of range 0..99"},
         BadValue{"[daemon]\nioreq_realtime_priority = true\n", ":2: [daemon] key 'ioreq_realtime_priority': expected an integer, got boolean"},
         BadValue{"[daemon]\ndefault_class = \"meh\"\n", ":2: [daemon] key 'default_class'"},
+        BadValue{"[daemon]\nworker_cgroups = \"yes\"\n", ":2: [daemon] key 'worker_cgroups': 'yes' is not one of auto|off"},
+        BadValue{"[daemon]\nworkers = 2\nworker_cgroups = true\n", ":3: [daemon] key 'worker_cgroups': expected a string, got boolean"},
         BadValue{"[[domain]]\nid = 32752\n", ":2: [[domain]] #1 key 'id': value 32752 out of range 0..32751"},
         BadValue{"[[domain]]\nid = -1\n", ":2: [[domain]] #1 key 'id': value -1 out of range"},
         BadValue{"[[domain]]\nid = 1\nroles = [\"root\"]\n", ":3: [[domain]] #1 key 'roles': 'root' is not one of"},
