@@ -20,13 +20,15 @@
 //     saturating (4 reads always in flight), then paced at XV_FAIRNESS_RATE
 //     reads a second (default 2000, at most 4 in flight: met when it gets
 //     >= 80 % of its solo rate and its p99 latency stays within 4 / rate);
-//   - with XV_FAIRNESS_CGROUP=/sys/fs/cgroup/cpu (cgroup v1, root): the
-//     same with each worker process in a cpu cgroup of its own, equal
-//     weights (systemd's default CPUWeight, which xen-virtiod@.service
-//     keeps);
+//   - with XV_FAIRNESS_CGROUP=/sys/fs/cgroup/cpu (cgroup v1, root; or a
+//     cgroup v2 hierarchy such as /sys/fs/cgroup): the same with each
+//     worker process in a cpu cgroup of its own, equal weights, made by the
+//     daemon's own module (daemon/worker_cgroup.h, what the supervisor of
+//     xen-virtiod.service does) under a group standing for the service;
 //   - single-process shape: both guests' backends in one process, each on
 //     its own I/O thread (saturating, paced), two threads each, one shared
-//     executor, and with XV_FAIRNESS_CGROUP its per-guest thread groups.
+//     executor, and with XV_FAIRNESS_CGROUP (v1 only) its per-guest
+//     thread groups.
 //
 // Environment: XV_FAIRNESS_ROUNDS (default 10), XV_FAIRNESS_WINDOW_MS
 // (default 300), XV_FAIRNESS_RATE, XV_FAIRNESS_CGROUP, XV_TEST_IMAGE_DIR
@@ -84,8 +86,8 @@ int main() {
     const Shape shapes[] = {
         {true, true, 1, 0, false, "deployment shape: one worker process per guest, workers = 1, saturating honest guest"},
         {true, true, 1, rate, false, "deployment shape: one worker process per guest, workers = 1, paced honest guest"},
-        {true, true, 1, 0, true, "deployment shape + per-worker cgroups of equal weight, saturating honest guest"},
-        {true, true, 1, rate, true, "deployment shape + per-worker cgroups of equal weight, paced honest guest"},
+        {true, true, 1, 0, true, "deployment shape + the supervisor's per-worker cgroups (daemon/worker_cgroup.h), saturating honest guest"},
+        {true, true, 1, rate, true, "deployment shape + the supervisor's per-worker cgroups (daemon/worker_cgroup.h), paced honest guest"},
         {false, true, 1, 0, false, "single-process shape: both guests' backends in one process, own I/O thread each, saturating"},
         {false, true, 1, rate, false, "single-process shape, own I/O thread each, paced honest guest"},
         {false, true, 2, 0, false, "single-process shape, two I/O threads per guest, saturating"},

@@ -77,6 +77,7 @@
 #include <vector>
 
 #include "sim_host.h"
+#include "worker_cgroup.h"
 #include "xv/devices/blk.h"
 #include "xv/guest/transport_driver.h"
 #include "xv/guest/virtqueue_driver.h"
@@ -116,6 +117,14 @@ struct FairnessOptions {
     /// separate_processes: one group per worker process, equal weights (the
     /// default CPUWeight of a systemd unit, as each xen-virtiod@.service
     /// instance gets).
+    /// With separate_processes the groups are the daemon's own
+    /// (daemon/worker_cgroup.h, what the supervisor does): a group standing
+    /// for the service, <hierarchy>/xv-fairness-<pid> (one default weight
+    /// against the rest of the machine, as a service unit has), and in it
+    /// worker-<domid> per worker process, made by WorkerCgroups and entered
+    /// with WorkerCgroupSlot::enter() by each process before it starts its
+    /// simulator and worker. A cgroup v2 hierarchy (e.g. /sys/fs/cgroup)
+    /// works there too.
     std::string cpu_cgroup;
     /// The deployment's shape: each guest's simulator and worker (a
     /// `serve --domid N` manager, its guest on its own executor) in a
@@ -354,6 +363,103 @@ private:
     }
     std::string root_, base_, kids_[kKinds];
     bool made_base_ = false, made_[kKinds] = {};
+};
+
+/// The deployment's cgroups for the two-process shape: a group standing
+/// for xen-virtiod.service under the hierarchy `root` (v1 cpu hierarchy
+/// or v2), and the daemon's WorkerCgroups in it (the supervisor's code
+/// path: the same module, told by a file written as /proc/self/cgroup
+/// would read that it runs in that group). The destructor moves this
+/// process back to the group it came from and removes every group.
+class ServiceGroup {
+public:
+    Result<void> create(const std::string& root) {
+        const std::string name = "xv-fairness-" + std::to_string(::getpid());
+        std::string fs_root, line;
+        if (std::ifstream(root + "/cpu.shares")) {
+            // v1: the module looks for <fs_root>/cpu (or cpu,cpuacct).
+            const auto slash = root.find_last_of('/');
+            const std::string leaf = slash == std::string::npos ? root : root.substr(slash + 1);
+            if (leaf != "cpu" && leaf != "cpu,cpuacct")
+                return make_error(std::errc::invalid_argument,
+                                  root + ": a cgroup v1 cpu hierarchy must be mounted at <root>/cpu");
+            fs_root = root.substr(0, slash);
+            line = "1:cpu:/" + name;
+            v2_ = false;
+        } else if (std::ifstream(root + "/cgroup.controllers")) {
+            fs_root = root;
+            line = "0::/" + name;
+            v2_ = true;
+            // The root hands the cpu controller to its children (the root
+            // may hold processes: no internal-process rule there).
+            (void)put(root + "/cgroup.subtree_control", "+cpu");
+        } else {
+            return make_error(std::errc::no_such_file_or_directory,
+                              root + ": neither a cgroup v1 cpu hierarchy (cpu.shares) nor cgroup v2 "
+                                     "(cgroup.controllers)");
+        }
+        root_ = root;
+        service_ = root + "/" + name;
+        if (::mkdir(service_.c_str(), 0755) != 0) return errno_error(errno, "mkdir " + service_);
+        made_ = true;
+        if (!v2_ && !put(service_ + "/cpu.shares", "1024"))
+            return make_error(std::errc::permission_denied, service_ + "/cpu.shares");
+        // Where this process is now, to come back to.
+        std::ifstream self("/proc/self/cgroup");
+        for (std::string l; std::getline(self, l);) {
+            auto a = l.find(':'), b = a == std::string::npos ? a : l.find(':', a + 1);
+            if (b == std::string::npos) continue;
+            const std::string ctrls = l.substr(a + 1, b - a - 1);
+            if ((v2_ && l.substr(0, a) == "0" && ctrls.empty()) ||
+                (!v2_ && ("," + ctrls + ",").find(",cpu,") != std::string::npos))
+                home_ = root + (l.substr(b + 1) == "/" ? std::string() : l.substr(b + 1));
+        }
+        self_file_ = "/tmp/" + name + ".cgroup";
+        std::ofstream(self_file_) << line << "\n";
+        daemon::WorkerCgroupOptions wo;
+        wo.fs_root = fs_root;
+        wo.proc_self_cgroup = self_file_;
+        groups_ = daemon::WorkerCgroups::setup(wo);
+        ::unlink(self_file_.c_str());
+        if (!groups_->enabled())
+            return make_error(std::errc::operation_not_supported, "worker cgroups: " + groups_->why_not());
+        if (groups_->base() != service_)
+            return make_error(std::errc::invalid_argument,
+                              "worker cgroups under " + groups_->base() + ", not " + service_);
+        return ok();
+    }
+    /// The group of `domid`'s worker, opened (WorkerCgroups::prepare).
+    Result<daemon::WorkerCgroupSlot> prepare(xen::DomId domid) {
+        auto s = groups_->prepare(domid);
+        if (s) doms_.push_back(domid);
+        return s;
+    }
+    std::string weight() const { return groups_ ? std::string(groups_->weight_file()) + " " + groups_->weight() : ""; }
+    ~ServiceGroup() {
+        if (!home_.empty()) (void)put(home_ + "/cgroup.procs", std::to_string(::getpid()));
+        if (groups_) {
+            for (auto d : doms_) groups_->release(d);
+            for (int k = 0; k < 100 && groups_->pending() > 0; ++k) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                groups_->retry();
+            }
+        }
+        if (made_) {
+            (void)::rmdir((service_ + "/supervisor").c_str());
+            (void)::rmdir(service_.c_str());
+        }
+    }
+
+private:
+    static bool put(const std::string& file, const std::string& text) {
+        std::ofstream f(file);
+        f << text << std::flush;
+        return bool(f);
+    }
+    std::string root_, service_, home_, self_file_;
+    bool v2_ = false, made_ = false;
+    std::shared_ptr<daemon::WorkerCgroups> groups_;
+    std::vector<xen::DomId> doms_;
 };
 
 /// The `p` quantile (0..1) of `v` (sorted in place), 0 when empty.
@@ -825,12 +931,29 @@ inline Result<FairnessResult> measure_in_two_processes(const FairnessOptions& o)
     SharedPage<FloodControl> page;
     FloodControl* ctl = page.get();
     if (!ctl) return errno_error(errno, "mmap of the shared control page");
+    // Per-worker cgroups: the daemon's (ServiceGroup); each process enters
+    // its worker's group before it starts anything, as a worker spawned by
+    // the supervisor enters it before exec. The honest guest is dom1 in its
+    // simulator, the flooder dom2 in its own.
+    std::optional<ServiceGroup> groups;
+    daemon::WorkerCgroupSlot honest_slot, flood_slot;
+    if (!o.cpu_cgroup.empty()) {
+        groups.emplace();
+        XV_TRY(groups->create(o.cpu_cgroup));
+        auto hs = groups->prepare(1);
+        if (!hs) return std::move(hs).error();
+        auto fs = groups->prepare(2);
+        if (!fs) return std::move(fs).error();
+        honest_slot = std::move(hs).value();
+        flood_slot = std::move(fs).value();
+    }
     // fork() before this process starts any thread: the child gets one
     // thread and no lock held by another.
     std::fflush(nullptr);
     const pid_t child = ::fork();
     if (child < 0) return errno_error(errno, "fork");
     if (child == 0) {
+        if (flood_slot.valid() && !flood_slot.enter()) ::_exit(1);
         int rc = 1;
         try {
             rc = flood_process(o, *ctl);
@@ -863,16 +986,8 @@ inline Result<FairnessResult> measure_in_two_processes(const FairnessOptions& o)
         ~Reaper() { reap(); }
     } reaper{child, ctl};
 
-    std::optional<CpuGroups> groups;
-    if (!o.cpu_cgroup.empty()) {
-        groups.emplace();
-        XV_TRY(groups->create(o.cpu_cgroup));
-        // One group per worker process, of equal weight; both processes are
-        // single-threaded now, and every thread they start is born there.
-        if (!groups->move_process(CpuGroups::HonestBackend, int(::getpid())) ||
-            !groups->move_process(CpuGroups::FloodBackend, int(child)))
-            return make_error(std::errc::permission_denied, "could not move the processes into " + o.cpu_cgroup);
-    }
+    if (honest_slot.valid() && !honest_slot.enter())
+        return make_error(std::errc::permission_denied, "could not enter " + honest_slot.path());
     ctl->go = true;
 
     Host h(domains_toml({{"honest", "unsafe"}}) + blk_toml("honest", honest_img.path.string()), sim_options(o));
