@@ -37,7 +37,8 @@ using namespace xv::test;
 using namespace std::chrono_literals;
 
 struct Figures {
-    xv::xen::sim::TurnaroundStats t;
+    xv::xen::sim::TurnaroundStats t;  ///< trap -> vCPU resumed (the target's figure)
+    xv::xen::sim::TurnaroundStats c;  ///< trap -> completed by the backend (IORESP_READY)
     double vain_share = 0;  ///< share of the row's time the loop polled in vain (one CPU = 1)
 };
 std::map<std::string, Figures> g_results;
@@ -146,6 +147,7 @@ void run_case(benchmark::State& state, TransportKind kind, bool stalled, bool wr
         else benchmark::DoNotOptimize(h.guest->mmio_read(1, t.read_addr, t.read_size));
     }
     auto s = h.guest->turnaround();
+    auto done = h.guest->completion();
     state.counters["p50_us"] = s.p50_us;
     state.counters["p99_us"] = s.p99_us;
     state.counters["p999_us"] = s.p999_us;
@@ -154,7 +156,7 @@ void run_case(benchmark::State& state, TransportKind kind, bool stalled, bool wr
     const double vain = double(h.loop->stats().poll_in_vain_ns - stats0.poll_in_vain_ns) / std::max(wall_ns, 1.0);
     state.counters["vain_polling"] = vain;
     g_results[std::string(kind_name(kind)) + (write ? " write" : " read") + (stalled ? " stalled" : " idle") +
-              row_suffix(setting)] = {s, vain};
+              row_suffix(setting)] = {s, done, vain};
     h.shutdown();
 }
 
@@ -208,7 +210,7 @@ void run_handler_only(benchmark::State& state, TransportKind kind, bool stalled)
     }
     auto s = percentiles(us);
     state.counters["p999_us"] = s.p999_us;
-    g_results[std::string(kind_name(kind)) + " handler" + (stalled ? " stalled" : " idle")] = {s};
+    g_results[std::string(kind_name(kind)) + " handler" + (stalled ? " stalled" : " idle")] = {s, s};
     h.shutdown();
 }
 
@@ -237,7 +239,7 @@ void run_baseline(benchmark::State& state, Setting setting) {
     for (auto _ : state) benchmark::DoNotOptimize(h.guest->mmio_read(1, base, 4));
     auto s = h.guest->turnaround();
     state.counters["p999_us"] = s.p999_us;
-    g_results["baseline const region" + row_suffix(setting)] = {s};
+    g_results["baseline const region" + row_suffix(setting)] = {s, h.guest->completion()};
     h.shutdown();
 }
 
@@ -276,8 +278,11 @@ int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
-    std::printf("\n%-30s %9s %9s %9s %9s %14s\n", "ioreq turnaround (us)", "p50", "p99", "p99.9", "max",
-                "p99.9 vs idle");
+    // "completed": trap -> the backend wrote IORESP_READY; the turnaround
+    // adds the simulated vCPU's own wake-up after that (a futex or yield
+    // hand-over between threads of this process, not the backend's work).
+    std::printf("\n%-30s %9s %9s %9s %9s %14s   %s\n", "ioreq turnaround (us)", "p50", "p99", "p99.9", "max",
+                "p99.9 vs idle", "completed p50 / p99 / p99.9");
     bool all_ok = true;
     for (auto& [name, f] : g_results) {
         std::string idle = name;
@@ -288,8 +293,9 @@ int main(int argc, char** argv) {
                 ratio = f.t.p999_us / it->second.t.p999_us;
             if (f.t.p999_us > 20.0 && name.find("handler") != std::string::npos) all_ok = false;
         }
-        std::printf("%-30s %9.1f %9.1f %9.1f %9.1f %14s\n", name.c_str(), f.t.p50_us, f.t.p99_us, f.t.p999_us,
-                    f.t.max_us, ratio > 0 ? fmt::format("x{:.2f}", ratio).c_str() : "");
+        std::printf("%-30s %9.1f %9.1f %9.1f %9.1f %14s   %5.1f / %5.1f / %5.1f\n", name.c_str(), f.t.p50_us,
+                    f.t.p99_us, f.t.p999_us, f.t.max_us, ratio > 0 ? fmt::format("x{:.2f}", ratio).c_str() : "",
+                    f.c.p50_us, f.c.p99_us, f.c.p999_us);
     }
     std::printf("target p99.9 <= 20 us with a stalled device (register path, 'handler' rows): %s\n",
                 all_ok ? "met" : "NOT met");
@@ -298,8 +304,8 @@ int main(int argc, char** argv) {
     for (const Setting& setting : kSettings) {
         const std::string suffix = row_suffix(setting);
         auto base = g_results.find("baseline const region" + suffix);
-        std::size_t rows = 0, met = 0;
-        double worst = 0, vain = 0;
+        std::size_t rows = 0, met = 0, done_met = 0;
+        double worst = 0, done_worst = 0, vain = 0;
         for (auto& [name, f] : g_results) {
             if (name.find("stalled") == std::string::npos || name.find("handler") != std::string::npos) continue;
             const std::string tail = "stalled" + suffix;
@@ -308,14 +314,18 @@ int main(int argc, char** argv) {
             ++rows;
             met += f.t.p999_us <= 20.0;
             worst = std::max(worst, f.t.p999_us);
+            done_met += f.c.p999_us <= 20.0;
+            done_worst = std::max(done_worst, f.c.p999_us);
             vain = std::max(vain, f.vain_share);
         }
         std::printf("  %-8s %-52s baseline p50 %5.1f p99.9 %5.1f us; stalled rows p99.9 <= 20 us: %zu of %zu "
-                    "(worst %.1f); polling in vain <= %.1f %% of a CPU%s\n",
+                    "(worst %.1f), completed by the backend %zu of %zu (worst %.1f); polling in vain <= %.1f %% of a "
+                    "CPU%s\n",
                     *setting.name ? setting.name : "default",
                     display(setting).c_str(),
                     base != g_results.end() ? base->second.t.p50_us : 0.0,
-                    base != g_results.end() ? base->second.t.p999_us : 0.0, met, rows, worst, 100.0 * vain,
+                    base != g_results.end() ? base->second.t.p999_us : 0.0, met, rows, worst, done_met, rows,
+                    done_worst, 100.0 * vain,
                     std::string(setting.name) == "rt"
                         ? fmt::format(" [SCHED_FIFO {}]", xv::daemon::to_string(g_rt_outcome)).c_str()
                         : "");

@@ -38,7 +38,7 @@ std::string hex(std::uint64_t v) {
 // ---------------------------------------------------------------------------
 // ServerState
 
-ServerState::ServerState(DomId d, IoServId i, unsigned n) : domid(d), id(i), vcpus(n), gen(n, 0) {
+ServerState::ServerState(DomId d, IoServId i, unsigned n) : domid(d), id(i), vcpus(n), gen(n, 0), done_at(n) {
     page_bytes = ((std::size_t(n) * xv::xen::detail::kIoreqSlotSize + kPageSize - 1) / kPageSize) * kPageSize;
     if (page_bytes == 0) page_bytes = kPageSize;
     page = std::aligned_alloc(kPageSize, page_bytes);
@@ -442,16 +442,20 @@ Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, cons
     });
     if (xv::xen::detail::slot_state(slot) == xv::xen::detail::kStateRespReady) {
         auto t1 = clock::now();
+        const auto done_at = std::min(t1, std::max(t0, s->done_at[vcpu]));
         std::uint64_t v = req.is_write ? 0 : xv::xen::detail::slot_data(slot);
         xv::xen::detail::release_slot(slot);
         sl.unlock();
         if (!req.is_write && req.size < 8) v &= (1ull << (req.size * 8)) - 1;
-        double us = std::chrono::duration<double, std::micro>(t1 - t0).count();
+        const double us = std::chrono::duration<double, std::micro>(t1 - t0).count();
+        const double done_us = std::chrono::duration<double, std::micro>(done_at - t0).count();
         std::lock_guard st(d->stats_mu);
         if (d->turnaround_us.size() < kMaxTurnaroundSamples) {
             d->turnaround_us.push_back(us);
+            d->completed_us.push_back(done_us);
         } else {
             d->turnaround_us[d->turnaround_next] = us;
+            d->completed_us[d->turnaround_next] = done_us;
             d->turnaround_next = (d->turnaround_next + 1) % kMaxTurnaroundSamples;
         }
         return v;

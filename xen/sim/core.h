@@ -128,6 +128,8 @@ struct ServerState {
     std::mutex mu;                     ///< guards the handshake below
     std::condition_variable cv;        ///< a slot was completed / the server stopped
     std::vector<std::uint64_t> gen;    ///< per-vCPU request generation
+    /// Per vCPU: when the server completed its last request (IORESP_READY).
+    std::vector<std::chrono::steady_clock::time_point> done_at;
     bool stopped = false;              ///< server destroyed or its domain died
     std::string stop_reason;
     // Claims (guarded by Core::mu).
@@ -177,9 +179,11 @@ struct Domain {
     std::map<std::uint32_t, std::uint64_t> irq_edges;
     std::vector<std::shared_ptr<std::function<void(const IrqEvent&)>>> irq_cbs;
 
-    // Turnaround samples in microseconds (own lock: read by tests any time).
+    // Turnaround samples in microseconds (own lock: read by tests any time):
+    // trap -> vCPU resumed, and trap -> the server completed it (same index).
     mutable std::mutex stats_mu;
     std::vector<double> turnaround_us;
+    std::vector<double> completed_us;
     std::size_t turnaround_next = 0;   ///< ring position once the cap is reached
 };
 

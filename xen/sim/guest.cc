@@ -223,6 +223,19 @@ public:
             std::lock_guard lk(d_->stats_mu);
             v = d_->turnaround_us;
         }
+        return percentiles(std::move(v));
+    }
+
+    TurnaroundStats completion() const override {
+        std::vector<double> v;
+        {
+            std::lock_guard lk(d_->stats_mu);
+            v = d_->completed_us;
+        }
+        return percentiles(std::move(v));
+    }
+
+    static TurnaroundStats percentiles(std::vector<double> v) {
         TurnaroundStats t;
         t.count = v.size();
         if (v.empty()) return t;
@@ -243,6 +256,7 @@ public:
     void reset_turnaround() override {
         std::lock_guard lk(d_->stats_mu);
         d_->turnaround_us.clear();
+        d_->completed_us.clear();
         d_->turnaround_next = 0;
     }
 

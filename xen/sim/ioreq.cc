@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 
 #include "../common/ioreq_slot.h"
@@ -91,6 +92,7 @@ public:
                 std::lock_guard sl(st_->mu);
                 volatile void* slot = st_->slot(vcpu);
                 if (st_->gen[vcpu] == gen && xv::xen::detail::slot_state(slot) == xv::xen::detail::kStateInProcess) {
+                    st_->done_at[vcpu] = std::chrono::steady_clock::now();
                     xv::xen::detail::complete_request(slot, req, value);
                     answered = true;
                 }

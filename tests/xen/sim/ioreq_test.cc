@@ -187,8 +187,17 @@ TEST_F(IoreqFixture, TurnaroundPercentilesRecorded) {
     EXPECT_LE(t.p999_us, t.max_us);
     EXPECT_GE(t.max_us, 3000.0);  // the slow ones show up at the tail
     EXPECT_LT(t.p50_us, t.max_us);
+    // The server's completion of each access: the slow handler is in it,
+    // the vCPU's wake-up after it is not (each sample <= its turnaround).
+    auto c = g->completion();
+    EXPECT_EQ(c.count, 50u);
+    EXPECT_GE(c.max_us, 3000.0);
+    EXPECT_LE(c.p50_us, t.p50_us);
+    EXPECT_LE(c.p99_us, t.p99_us);
+    EXPECT_LE(c.max_us, t.max_us);
     g->reset_turnaround();
     EXPECT_EQ(g->turnaround().count, 0u);
+    EXPECT_EQ(g->completion().count, 0u);
 }
 
 TEST_F(IoreqFixture, OverlappingClaimsAndUnmap) {

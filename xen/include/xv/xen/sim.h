@@ -166,8 +166,12 @@ public:
     /// to acknowledge it (the handler sees IoreqType::Invalidate and only
     /// has to answer). Ok when no server exists.
     virtual Result<void> invalidate(unsigned vcpu) = 0;
-    /// Turnaround of every trapped access since the last reset_turnaround().
+    /// Turnaround of every trapped access since the last reset_turnaround():
+    /// from the trap to the vCPU running again.
     virtual TurnaroundStats turnaround() const = 0;
+    /// The same accesses from the trap to the ioreq server's completion
+    /// (IORESP_READY written), without the vCPU's own wake-up after it.
+    virtual TurnaroundStats completion() const = 0;
     virtual void reset_turnaround() = 0;
 
     // --- interrupts -------------------------------------------------------
