@@ -37,6 +37,11 @@
 //                     +------------+
 //
 // A worker that ran for `healthy_after` resets the failure count.
+//
+// Each worker runs in a cpu cgroup of its own, all of equal weight, entered
+// between fork and exec and removed once the worker was reaped, where the
+// cgroup tree allows it ([daemon] worker_cgroups, worker_cgroup.h): a
+// guest flooding its queues gets one worker's share of the CPU.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
