@@ -37,8 +37,12 @@ public:
     GrantMapping& operator=(const GrantMapping&) = delete;
     ~GrantMapping() { reset(); }
 
-    /// Unmaps now (idempotent).
-    void reset() noexcept;
+    /// Unmaps now (idempotent). Inline: on an empty mapping (moved from,
+    /// already released) it is one test.
+    void reset() noexcept {
+        if (owner_ || addr_) [[unlikely]]
+            release_now();
+    }
 
     bool valid() const noexcept { return addr_ != nullptr; }
     std::byte* data() const noexcept { return addr_; }
@@ -50,6 +54,7 @@ public:
 
 private:
     friend void release_mappings(std::span<GrantMapping* const> maps) noexcept;
+    void release_now() noexcept;
     GrantMapper* owner_ = nullptr;
     std::byte* addr_ = nullptr;
     std::uint32_t pages_ = 0;
@@ -217,7 +222,7 @@ inline GrantMapping& GrantMapping::operator=(GrantMapping&& o) noexcept {
     return *this;
 }
 
-inline void GrantMapping::reset() noexcept {
+inline void GrantMapping::release_now() noexcept {
     if (owner_ && addr_) owner_->unmap_cookie(addr_, pages_, cookie_);
     owner_ = nullptr;
     addr_ = nullptr;
