@@ -18,6 +18,8 @@ using namespace xv;
 using namespace xv::test;
 using namespace xv::test::desc_flags;
 using transport::DescriptorChain;
+using transport::Reader;
+using transport::Writer;
 using transport::Virtqueue;
 
 class QueueTest : public ::testing::Test {
@@ -125,6 +127,53 @@ TEST_F(QueueTest, RingsMappedOnceAndReleasedAtDestruction) {
     q.reset();
     EXPECT_EQ(h_->grants->pages_in_use(), 0u);
     EXPECT_EQ(h_->guest->mapped_refs(), 0u);
+}
+
+TEST_F(QueueTest, ViewsOfAChainStayValidWhenTheChainIsMoved) {
+    auto d = driver({.size = 16});
+    auto q = queue(*d);
+    auto req = d->chain().readable(16).readable(3000).writable(4096).writable(1).submit();
+    ASSERT_TRUE(req);
+    std::memset(req->buf(0).bytes().data(), 'a', 16);
+    std::memset(req->buf(1).bytes().data(), 'b', 3000);
+    auto c = pop_one(*q);
+    Reader rd = c.reader();
+    Writer w = c.writer();
+    const auto* segs = c.readable_segments().data();
+    // The chain moves twice (into a vector that then grows): the views
+    // made before still walk its buffers.
+    std::vector<DescriptorChain> held;
+    held.push_back(std::move(c));
+    for (int i = 0; i < 8; ++i) held.emplace_back();
+    EXPECT_FALSE(c.valid());
+    EXPECT_EQ(held[0].readable_segments().data(), segs);  // the segment list itself did not move
+    std::array<char, 3016> got{};
+    ASSERT_TRUE(rd.read(std::as_writable_bytes(std::span(got))));
+    EXPECT_EQ(got[0], 'a');
+    EXPECT_EQ(got[15], 'a');
+    EXPECT_EQ(got[16], 'b');
+    EXPECT_EQ(got[3015], 'b');
+    EXPECT_TRUE(w.skip(4096) == 4096 && w.write_obj(std::uint8_t{7}));
+    EXPECT_EQ(req->buf(3).bytes()[0], std::byte{7});
+    q->complete(std::move(held[0]), 4097);
+    held.clear();
+    // A copy of a cursor split off a view owns its list.
+    auto req2 = d->chain().readable(10).readable(10).writable(1).submit();
+    ASSERT_TRUE(req2);
+    std::memset(req2->buf(1).bytes().data(), 'z', 10);
+    auto c2 = pop_one(*q);
+    Reader all = c2.reader();
+    auto head = all.split_at(15);
+    auto copy = head;
+    head = decltype(head)();
+    EXPECT_EQ(copy.available(), 15u);
+    EXPECT_EQ(copy.skip(10), 10u);
+    auto rest = copy.take(5);
+    ASSERT_EQ(rest.size(), 1u);
+    ASSERT_EQ(rest[0].size(), 5u);
+    EXPECT_EQ(rest[0][4], std::byte{'z'});
+    EXPECT_EQ(all.available(), 5u);
+    q->complete(std::move(c2), 0);
 }
 
 TEST_F(QueueTest, OneMapCallAndOneUnmapCallPerChain) {

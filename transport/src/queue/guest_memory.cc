@@ -119,11 +119,7 @@ Result<void> GuestMemory::map_buffers(std::span<const DmaBuffer> buffers, MapScr
 Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMapBatch& batch) const {
     if (batch.open_) batch.abort_entry();
     const std::size_t refs0 = batch.refs_.size();
-    const std::size_t bufs0 = batch.bufs_.size();
-    auto undo = [&] {
-        batch.refs_.resize(refs0);
-        batch.bufs_.resize(bufs0);
-    };
+    auto undo = [&] { batch.refs_.resize(refs0); };
     // The entry's refs are its RO pages, then its RW pages. A chain lists
     // its device-readable buffers first (virtio 1.2 §2.7.4.2, checked when
     // it was walked), so they go straight in; RW pages met before a
@@ -148,7 +144,6 @@ Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMap
                               fmt::format("dom{}: {} buffers need more than {} {} pages", domid_, buffers.size(),
                                           max_pages_, b.device_writable ? "RW" : "RO"));
         }
-        batch.bufs_.push_back(ChainMapBatch::Buf{have, xen::grant_dma::offset(b.addr), b.len, b.device_writable});
         if (b.device_writable) {
             if (rw == 0 && batch.rw_tmp_.empty()) rw_direct = true;
             if (rw_direct) {
@@ -175,7 +170,6 @@ Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMap
         return false;
     }
     if (!rw_direct) batch.refs_.insert(batch.refs_.end(), batch.rw_tmp_.begin(), batch.rw_tmp_.end());
-    batch.first_buf_.push_back(std::uint32_t(bufs0));
     if (batch.n_ == batch.entries_.size()) batch.entries_.emplace_back();
     auto& e = batch.entries_[batch.n_++];
     e.ro_addr = e.rw_addr = nullptr;
@@ -183,7 +177,6 @@ Result<bool> GuestMemory::add_chain(std::span<const DmaBuffer> buffers, ChainMap
     e.rw = rw;
     batch.pages_ += pages;
     batch.refs_end_ = batch.refs_.size();
-    batch.bufs_end_ = batch.bufs_.size();
     return true;
 }
 

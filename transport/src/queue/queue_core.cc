@@ -17,6 +17,7 @@ QueueCore::QueueCore(QueueConfig cfg, GuestMemory& mem, Strand strand, RaiseFn r
     // Without grant copies every buffer is mapped: the walk puts it in the
     // map batch directly (one pass from descriptor to grant refs).
     acc_.mem = &mem_;
+    acc_.segs = take_segments();
     if (cfg_.copy_readable_max == 0) acc_.batch = &batch_;
 }
 
@@ -121,6 +122,8 @@ Result<std::size_t> QueueCore::pop_batch(std::size_t max, std::vector<Descriptor
         c.queue_ = this;
         c.id_ = id;
         c.slots_ = slots;
+        c.segs_ = acc_.segs;  // the segments walked go with the chain
+        acc_.segs = take_segments();
         ++in_flight_;
         if (direct) {
             c.readable_len_ = std::uint32_t(acc_.readable);
@@ -170,8 +173,9 @@ Result<void> QueueCore::prepare(std::vector<DescriptorChain>& out, std::vector<x
     const bool copy =
         cfg_.copy_readable_max != 0 && acc_.readable != 0 && acc_.readable <= cfg_.copy_readable_max;
     std::span<const DmaBuffer> to_map = acc_.bufs;
+    ChainSegments& cs = *c.segs_;
     if (copy) {
-        c.copied_.resize(acc_.readable);
+        cs.copied.resize(acc_.readable);
         std::size_t off = 0;
         subset_.clear();
         for (const DmaBuffer& b : acc_.bufs) {
@@ -179,14 +183,27 @@ Result<void> QueueCore::prepare(std::vector<DescriptorChain>& out, std::vector<x
                 subset_.push_back(b);
                 continue;
             }
-            XV_TRY(mem_.add_copy_in(b, c.copied_.data() + off, segs));
+            XV_TRY(mem_.add_copy_in(b, cs.copied.data() + off, segs));
             off += b.len;
         }
-        c.readable_.emplace_back(c.copied_.data(), c.copied_.size());
+        cs.readable.emplace_back(cs.copied.data(), cs.copied.size());
         to_map = subset_;
         ++stats_.chains_copied;
     }
     if (to_map.empty()) return ok();
+    // Where each buffer lands in its part of the mapping: the parts' pages
+    // in chain order (as add_chain() lays the refs out).
+    std::uint64_t ro_pages = 0, rw_pages = 0;
+    for (const DmaBuffer& b : to_map) {
+        std::uint64_t& have = b.device_writable ? rw_pages : ro_pages;
+        const std::size_t at = std::size_t(have) * xen::kPageSize + xen::grant_dma::offset(b.addr);
+        have += xen::grant_dma::pages(b.addr, b.len);
+        if (b.len == 0) continue;
+        if (b.device_writable)
+            add_pending_segment(cs.writable, at, b.len);
+        else
+            add_pending_segment(cs.readable, at, b.len);
+    }
     auto added = mem_.add_chain(to_map, batch_);
     if (!added) return std::move(added).error();
     if (!*added) {
@@ -207,12 +224,12 @@ Result<void> QueueCore::map_pending(std::vector<DescriptorChain>& out) {
         auto& e = batch_.entry(k);
         c.map_ = std::move(e.map);
         c.map2_ = std::move(e.map2);
-        batch_.for_each_span(k, [&](std::byte* p, std::size_t len, bool writable) {
-            if (writable)
-                c.writable_.emplace_back(p, len);
-            else
-                c.readable_.emplace_back(p, len);
-        });
+        // The chain's segments were laid out when it was walked: add the
+        // addresses of the parts (a part with no pages has no segments;
+        // a grant-copied readable part is not pending).
+        ChainSegments& cs = *c.segs_;
+        if (e.ro) place_segments(cs.readable, e.ro_addr);
+        if (e.rw) place_segments(cs.writable, e.rw_addr);
     }
     batch_.clear_closed();  // an entry being built stays
     batch_chain_.clear();

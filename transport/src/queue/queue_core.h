@@ -60,10 +60,26 @@ inline bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t
 
 }  // namespace ring
 
+/// Appends a segment whose place in its grant mapping is known but not its
+/// address yet: `at` bytes from its part's start, kept in the segment's
+/// data field until place_segments() adds the mapped address. (Built in
+/// place: a span built aside and copied in as one 16-byte load would wait
+/// for its two 8-byte stores, which do not forward.)
+template <class Byte>
+void add_pending_segment(SegmentList<Byte>& segs, std::size_t at, std::uint32_t len) {
+    segs.emplace_back(reinterpret_cast<Byte*>(std::uintptr_t(at)), std::size_t(len));
+}
+/// The pending segments' addresses once their part is mapped at `base`.
+template <class Byte>
+void place_segments(SegmentList<Byte>& segs, std::byte* base) noexcept {
+    for (auto& s : segs)
+        s = std::span<Byte>(reinterpret_cast<Byte*>(base + reinterpret_cast<std::uintptr_t>(s.data())), s.size());
+}
+
 /// Collects one chain's buffers and enforces the rules common to both
 /// ring layouts. With a batch (direct()), each buffer goes straight into
-/// the batch's open entry as the chain is walked (one pass, descriptor to
-/// grant refs); otherwise into `bufs`.
+/// the batch's open entry and the chain's segments as the chain is walked
+/// (one pass, descriptor to grant refs and segment); otherwise into `bufs`.
 struct ChainAccumulator {
     std::vector<DmaBuffer> bufs;
     std::uint64_t readable = 0;
@@ -72,17 +88,19 @@ struct ChainAccumulator {
     bool seen_writable = false;
     const GuestMemory* mem = nullptr;  ///< direct: checks and decodes the buffers
     ChainMapBatch* batch = nullptr;    ///< direct: the batch whose open entry they go to
+    ChainSegments* segs = nullptr;     ///< the chain's segments (direct: pending until mapped)
     bool refused = false;              ///< direct: a buffer was refused (see bad)
     DmaBuffer bad;                     ///< direct: the first buffer refused
 
     bool direct() const noexcept { return batch != nullptr; }
 
-    void clear() {
+    void clear() noexcept {
         bufs.clear();
         readable = writable = 0;
         descriptors = 0;
         seen_writable = false;
         refused = false;
+        segs->clear();
     }
 
     /// Adds a direct descriptor; returns the rule it breaks, or nullptr.
@@ -92,18 +110,26 @@ struct ChainAccumulator {
         ++descriptors;
         // virtio 1.2 §2.7.4.2 / §2.8.4.2: "The driver MUST place any
         // device-writable descriptor elements after any device-readable".
-        if (!write && seen_writable)
+        if (!write && seen_writable) [[unlikely]]
             return "virtio 1.2 §2.7.4.2: a device-readable descriptor after a device-writable one";
         seen_writable |= write;
         // virtio 1.2 §2.7.5.2 / §2.8.5: a chain is at most 2^32 bytes
         // (our sum must fit 32 bits for the used length).
-        if (readable + writable + len > 0xffffffffULL)
+        if (readable + writable + len > 0xffffffffULL) [[unlikely]]
             return "virtio 1.2 §2.7.5.2: total chain length exceeds 2^32 - 1 bytes";
         (write ? writable : readable) += len;
         if (batch) {
-            if (!refused && !mem->add_buffer(*batch, addr, len, write)) {
+            std::size_t at;
+            if (refused) [[unlikely]]
+                return nullptr;
+            if (!mem->add_buffer(*batch, addr, len, write, at)) [[unlikely]] {
                 refused = true;
                 bad = DmaBuffer{addr, len, write};
+            } else if (len != 0) {
+                if (write)
+                    add_pending_segment(segs->writable, at, len);
+                else
+                    add_pending_segment(segs->readable, at, len);
             }
         } else {
             bufs.push_back(DmaBuffer{addr, len, write});

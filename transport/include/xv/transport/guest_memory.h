@@ -41,7 +41,9 @@ struct MapScratch {
 /// Chains mapped together in one grant call (GrantMapper::map_batch): each
 /// chain is one entry, its device-readable pages RO followed by its
 /// device-writable pages RW, released on its own. Reused across pops, so
-/// that a warm queue maps without allocating.
+/// that a warm queue maps without allocating. Where a buffer lands is known
+/// before the call: at its part's address (ro_addr or rw_addr of its
+/// entry) plus the position add_buffer() gave.
 class ChainMapBatch {
 public:
     /// Forgets every entry (their mappings should have been taken; any left
@@ -50,10 +52,8 @@ public:
         refs_.clear();
         for (std::size_t k = 0; k < n_; ++k) entries_[k].map.reset(), entries_[k].map2.reset();
         n_ = 0;
-        bufs_.clear();
-        first_buf_.clear();
         pages_ = 0;
-        refs_end_ = bufs_end_ = 0;
+        refs_end_ = 0;
         open_ = false;
     }
 
@@ -71,12 +71,10 @@ public:
     /// Forgets the open entry's buffers.
     void abort_entry() noexcept {
         refs_.resize(refs_end_);
-        bufs_.resize(bufs_end_);
         open_ = false;
     }
     /// Closes the open entry: it is mapped by the next map_batch().
     void end_entry() {
-        first_buf_.push_back(std::uint32_t(bufs_end_));
         if (n_ == entries_.size()) entries_.emplace_back();
         auto& e = entries_[n_++];
         e.ro_addr = e.rw_addr = nullptr;
@@ -84,7 +82,6 @@ public:
         e.rw = std::uint32_t(open_rw_);
         pages_ += open_ro_ + open_rw_;
         refs_end_ = refs_.size();
-        bufs_end_ = bufs_.size();
         open_ = false;
     }
     /// clear() for the closed entries only: the open one (if any) becomes
@@ -93,11 +90,9 @@ public:
         if (!open_) return clear();
         for (std::size_t k = 0; k < n_; ++k) entries_[k].map.reset(), entries_[k].map2.reset();
         refs_.erase(refs_.begin(), refs_.begin() + std::ptrdiff_t(refs_end_));
-        bufs_.erase(bufs_.begin(), bufs_.begin() + std::ptrdiff_t(bufs_end_));
         n_ = 0;
-        first_buf_.clear();
         pages_ = 0;
-        refs_end_ = bufs_end_ = 0;
+        refs_end_ = 0;
     }
     /// Entries (chains) added.
     std::size_t size() const noexcept { return n_; }
@@ -105,37 +100,15 @@ public:
     std::uint64_t pages() const noexcept { return pages_; }
     /// Entry `k` after GuestMemory::map_batch(): its mappings, to move out.
     xen::GrantBatchEntry& entry(std::size_t k) noexcept { return entries_[k]; }
-    /// Calls f(std::byte* data, std::size_t len, bool device_writable) for each non-empty
-    /// buffer of entry `k` in chain order (after GuestMemory::map_batch()).
-    template <class F>
-    void for_each_span(std::size_t k, F&& f) const {
-        const auto& e = entries_[k];
-        const std::size_t end = k + 1 < n_ ? first_buf_[k + 1] : bufs_end_;
-        for (std::size_t i = first_buf_[k]; i < end; ++i) {
-            const Buf& b = bufs_[i];
-            if (b.len == 0) continue;
-            std::byte* base = b.rw ? e.rw_addr : e.ro_addr;
-            f(base + std::size_t(b.page) * xen::kPageSize + b.off, std::size_t(b.len), b.rw);
-        }
-    }
 
 private:
     friend class GuestMemory;
-    struct Buf {
-        std::uint32_t page = 0;  ///< first page inside its part (RO or RW) of the entry
-        std::uint32_t off = 0;   ///< offset in that page
-        std::uint32_t len = 0;
-        bool rw = false;
-    };
     std::vector<xen::GrantRef> refs_;  ///< entry after entry: RO refs, then RW refs
     std::vector<xen::GrantRef> rw_tmp_;
     std::vector<xen::GrantBatchEntry> entries_;  ///< the first n_ are in use
     std::size_t n_ = 0;
-    std::vector<Buf> bufs_;
-    std::vector<std::uint32_t> first_buf_;  ///< per entry: its first buffer in bufs_
     std::uint64_t pages_ = 0;
     std::size_t refs_end_ = 0;   ///< refs_ of the closed entries (an open one's follow)
-    std::size_t bufs_end_ = 0;   ///< bufs_ of the closed entries
     bool open_ = false;          ///< an entry is being built
     // 64-bit each: end_entry() reads both right after add_buffer() wrote
     // them; as two adjacent 32-bit fields the compiler merges the reads
@@ -188,17 +161,25 @@ public:
 
     /// Adds one buffer to the open entry of `batch` (ChainMapBatch::
     /// begin_entry()), with add_chain()'s checks; device-readable buffers
-    /// must all come before device-writable ones. false, adding nothing,
-    /// when add_chain() would refuse the buffer: buffer_error() then says why.
-    bool add_buffer(ChainMapBatch& batch, std::uint64_t addr, std::uint32_t len, bool device_writable) const {
+    /// must all come before device-writable ones. `at` is set to where the
+    /// buffer will start, in bytes from its entry's RO (or RW) address.
+    /// false, adding nothing, when add_chain() would refuse the buffer:
+    /// buffer_error() then says why.
+    bool add_buffer(ChainMapBatch& batch, std::uint64_t addr, std::uint32_t len, bool device_writable,
+                    std::size_t& at) const {
         xen::GrantRef ref0;
         std::uint32_t pages;
-        if (!decode_ok(addr, len, ref0, pages)) return false;
+        if (!decode_ok(addr, len, ref0, pages)) [[unlikely]]
+            return false;
         std::uint64_t& have = device_writable ? batch.open_rw_ : batch.open_ro_;
-        if (pages > max_pages_ - have) return false;  // have <= max_pages_
-        batch.bufs_.push_back(
-            ChainMapBatch::Buf{std::uint32_t(have), xen::grant_dma::offset(addr), len, device_writable});
-        for (std::uint32_t p = 0; p < pages; ++p) batch.refs_.push_back(ref0 + p);
+        if (pages > max_pages_ - have) [[unlikely]]
+            return false;  // have <= max_pages_
+        at = std::size_t(have) * xen::kPageSize + xen::grant_dma::offset(addr);
+        auto& refs = batch.refs_;
+        const std::size_t n = refs.size();
+        refs.resize(n + pages);
+        xen::GrantRef* r = refs.data() + n;
+        for (std::uint32_t p = 0; p < pages; ++p) r[p] = ref0 + p;
         have += pages;
         return true;
     }

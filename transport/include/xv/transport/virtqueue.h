@@ -7,8 +7,9 @@
 // in one batched call (RO for device-readable, RW for device-writable pages;
 // pop_batch() maps all the chains it pops in that one call, each chain
 // still released on its own) and yields a move-only DescriptorChain with
-// bounded Reader/Writer views. A chain keeps its segments and grant handles
-// inline: popping allocates nothing on a warm queue. The chain goes
+// bounded Reader/Writer views. A chain keeps its grant handles inline and
+// its segments in storage its queue reuses: popping allocates nothing on a
+// warm queue, and moving a chain copies no segment list. The chain goes
 // back to the used ring exactly once (push/complete); its grant mappings
 // are released right before the used entry is published, as Linux requires
 // (drivers/xen/grant-dma-ops.c refuses to end access to a mapped ref).
@@ -55,20 +56,49 @@ template <class Byte>
 using SegmentList = boost::container::small_vector<std::span<Byte>, kInlineSegments>;
 
 
-/// Bounded sequential view over a list of host byte segments (a copy of
-/// the list: the view stays valid when the chain it came from is moved).
-/// Reader reads device-readable buffers; Writer fills device-writable ones.
+/// Bounded sequential view over a list of host byte segments. A view made
+/// by a chain (reader(), writer()) refers to the chain's segment list,
+/// which its queue keeps at a fixed address: the view stays valid when the
+/// chain is moved, until the chain is completed. One made by split_at()
+/// owns a copy of its list. Reader reads device-readable buffers; Writer
+/// fills device-writable ones.
 template <class Byte>
 class SegmentCursor {
 public:
     using Segment = std::span<Byte>;
     SegmentCursor() = default;
-    explicit SegmentCursor(std::span<const Segment> segs) : segs_(segs.begin(), segs.end()) {
+    /// Over a copy of `segs`.
+    explicit SegmentCursor(std::span<const Segment> segs) : own_(segs.begin(), segs.end()), owned_(true) {
+        segs_ = {own_.data(), own_.size()};
         for (auto& s : segs_) remaining_ += s.size();
     }
-    /// With their total size known (`total` is the sum of segs' sizes).
-    SegmentCursor(std::span<const Segment> segs, std::size_t total)
-        : segs_(segs.begin(), segs.end()), remaining_(total) {}
+    /// A view over `segs` (which must outlive the cursor) with their total
+    /// size known (`total` is the sum of segs' sizes).
+    SegmentCursor(std::span<const Segment> segs, std::size_t total) noexcept : segs_(segs), remaining_(total) {}
+
+    SegmentCursor(const SegmentCursor& o)
+        : own_(o.own_), segs_(o.segs_), owned_(o.owned_), idx_(o.idx_), off_(o.off_), remaining_(o.remaining_) {
+        if (owned_) segs_ = {own_.data(), own_.size()};
+    }
+    SegmentCursor(SegmentCursor&& o) noexcept
+        : own_(std::move(o.own_)), segs_(o.segs_), owned_(o.owned_), idx_(o.idx_), off_(o.off_),
+          remaining_(o.remaining_) {
+        if (owned_) segs_ = {own_.data(), own_.size()};
+    }
+    SegmentCursor& operator=(const SegmentCursor& o) {
+        if (this != &o) {
+            own_ = o.own_;
+            assign_from(o);
+        }
+        return *this;
+    }
+    SegmentCursor& operator=(SegmentCursor&& o) noexcept {
+        if (this != &o) {
+            own_ = std::move(o.own_);
+            assign_from(o);
+        }
+        return *this;
+    }
 
     /// Bytes left.
     std::size_t available() const noexcept { return remaining_; }
@@ -80,8 +110,8 @@ public:
         return out;
     }
 
-    /// Splits off the first `n` bytes (or fewer) into a new cursor; this
-    /// cursor continues after them.
+    /// Splits off the first `n` bytes (or fewer) into a new cursor (owning
+    /// its list); this cursor continues after them.
     SegmentCursor split_at(std::size_t n) {
         auto t = take(n);
         return SegmentCursor(std::span<const Segment>(t.data(), t.size()));
@@ -114,7 +144,7 @@ protected:
     template <class F>
     void consume(std::size_t n, F&& f) {
         while (n > 0 && idx_ < segs_.size()) {
-            auto& s = segs_[idx_];
+            const auto& s = segs_[idx_];
             std::size_t k = std::min(n, s.size() - off_);
             if (k) f(s.subspan(off_, k));
             off_ += k;
@@ -127,7 +157,18 @@ protected:
         }
     }
 
-    SegmentList<Byte> segs_;
+private:
+    void assign_from(const SegmentCursor& o) noexcept {
+        owned_ = o.owned_;
+        segs_ = owned_ ? std::span<const Segment>(own_.data(), own_.size()) : o.segs_;
+        idx_ = o.idx_;
+        off_ = o.off_;
+        remaining_ = o.remaining_;
+    }
+
+    SegmentList<Byte> own_;            ///< the list, when this cursor owns it
+    std::span<const Segment> segs_;    ///< the list walked (own_ or a chain's)
+    bool owned_ = false;
     std::size_t idx_ = 0;
     std::size_t off_ = 0;
     std::size_t remaining_ = 0;
@@ -200,18 +241,37 @@ private:
     std::size_t written_ = 0;
 };
 
+/// A chain's host segments. Its queue keeps them (one per chain in
+/// flight, reused: popping allocates nothing on a warm queue) at a fixed
+/// address, so that moving a chain moves a pointer and the views made from
+/// it stay valid.
+struct ChainSegments {
+    SegmentList<const std::byte> readable;
+    SegmentList<std::byte> writable;
+    std::vector<std::byte> copied;  ///< snapshot of small device-readable data
+    ChainSegments* next_free = nullptr;
+
+    void clear() noexcept {
+        readable.clear();
+        writable.clear();
+        copied.clear();
+    }
+};
+
 /// A validated descriptor chain with its buffers mapped. Move-only.
 class DescriptorChain {
 public:
     // User-provided (not "= default"): a value-initialized chain, as
-    // vector::emplace_back() makes, then skips zero-filling the inline
-    // segment storage before the member initializers run.
+    // vector::emplace_back() makes, then skips zero-filling the whole
+    // object (a rep stos) before the member initializers run.
     DescriptorChain() noexcept {}
-    DescriptorChain(DescriptorChain&&) noexcept;
+    DescriptorChain(DescriptorChain&& o) noexcept { take(o); }
     DescriptorChain& operator=(DescriptorChain&&) noexcept;
     DescriptorChain(const DescriptorChain&) = delete;
     DescriptorChain& operator=(const DescriptorChain&) = delete;
-    ~DescriptorChain();
+    ~DescriptorChain() {
+        if (queue_) drop();
+    }
 
     /// Head index (split) or buffer id (packed).
     std::uint16_t id() const noexcept { return id_; }
@@ -221,23 +281,27 @@ public:
     std::uint32_t readable_bytes() const noexcept { return readable_len_; }
     std::uint32_t writable_bytes() const noexcept { return writable_len_; }
 
-    /// A fresh view over the device-readable buffers.
-    Reader reader() const { return Reader(readable_segments(), readable_len_); }
-    /// A fresh view over the device-writable buffers.
-    Writer writer() const { return Writer(writable_segments(), writable_len_); }
+    /// A fresh view over the device-readable buffers (valid while the
+    /// chain is live, wherever it is moved).
+    Reader reader() const noexcept { return Reader(readable_segments(), readable_len_); }
+    /// A fresh view over the device-writable buffers (valid while the
+    /// chain is live, wherever it is moved).
+    Writer writer() const noexcept { return Writer(writable_segments(), writable_len_); }
 
     /// The device-readable buffers, in chain order (empty ones left out).
     std::span<const std::span<const std::byte>> readable_segments() const noexcept {
-        return {readable_.data(), readable_.size()};
+        if (!segs_) return {};
+        return {segs_->readable.data(), segs_->readable.size()};
     }
     /// The device-writable buffers, in chain order (empty ones left out).
     std::span<const std::span<std::byte>> writable_segments() const noexcept {
-        return {writable_.data(), writable_.size()};
+        if (!segs_) return {};
+        return {segs_->writable.data(), segs_->writable.size()};
     }
     /// True when the device-readable bytes were grant-copied into a private
     /// snapshot instead of mapped (QueueConfig::copy_readable_max); the
     /// driver can then no longer change them under the device.
-    bool readable_copied() const noexcept { return !copied_.empty(); }
+    bool readable_copied() const noexcept { return segs_ && !segs_->copied.empty(); }
 
     /// True until the chain was completed or moved from.
     bool valid() const noexcept { return queue_ != nullptr; }
@@ -253,17 +317,31 @@ private:
     friend class QueueCore;
     friend class SplitQueue;
     friend class PackedQueue;
+    /// Moves `o` in (this chain is empty); `o` is left empty.
+    void take(DescriptorChain& o) noexcept {
+        queue_ = o.queue_;
+        id_ = o.id_;
+        slots_ = o.slots_;
+        readable_len_ = o.readable_len_;
+        writable_len_ = o.writable_len_;
+        segs_ = o.segs_;
+        map_ = std::move(o.map_);
+        map2_ = std::move(o.map2_);
+        o.queue_ = nullptr;
+        o.segs_ = nullptr;
+        o.readable_len_ = o.writable_len_ = 0;
+    }
+    /// A live chain dropped without complete: back to its queue (len 0).
+    void drop() noexcept;
+
     Virtqueue* queue_ = nullptr;
     std::uint16_t id_ = 0;
     std::uint16_t slots_ = 0;
     std::uint32_t readable_len_ = 0;
     std::uint32_t writable_len_ = 0;
-    // Inline storage: popping a chain allocates nothing (the grant
-    // mappings of a chain are one batch entry: one or two handles).
-    SegmentList<const std::byte> readable_;
-    SegmentList<std::byte> writable_;
+    ChainSegments* segs_ = nullptr;  ///< kept by queue_ (null when empty)
+    // The grant mappings of a chain are one batch entry: one or two handles.
     xen::GrantMapping map_, map2_;
-    std::vector<std::byte> copied_;  ///< snapshot of small device-readable data
 };
 
 /// How a queue was set up by the driver (values from the transport's registers).
@@ -385,16 +463,32 @@ protected:
         std::uint32_t writable_len = 0;
     };
     /// Unmaps the chain's grants (first!), detaches it from the queue and
-    /// returns its id; `chain` is left empty and !valid().
-    static Retired retire(DescriptorChain& chain) noexcept {
+    /// returns its id; `chain` is left empty and !valid(). Its segments go
+    /// back to this queue's pool.
+    Retired retire(DescriptorChain& chain) noexcept {
         Retired r{chain.id_, chain.slots_, chain.writable_len_};
         chain.unmap();  // unmap before the used entry is published
         chain.queue_ = nullptr;
-        chain.readable_.clear();
-        chain.writable_.clear();
-        chain.copied_.clear();
+        if (chain.segs_) give_back_segments(chain.segs_);
+        chain.segs_ = nullptr;
         chain.readable_len_ = chain.writable_len_ = 0;
         return r;
+    }
+    /// Empty segments for a chain being popped, from the pool (made when
+    /// the pool is empty; a warm queue allocates nothing).
+    ChainSegments* take_segments() {
+        if (ChainSegments* s = seg_free_) {
+            seg_free_ = s->next_free;
+            return s;
+        }
+        seg_all_.push_back(std::make_unique<ChainSegments>());
+        return seg_all_.back().get();
+    }
+    /// Segments back to the pool, emptied (their capacity kept).
+    void give_back_segments(ChainSegments* s) noexcept {
+        s->clear();
+        s->next_free = seg_free_;
+        seg_free_ = s;
     }
     /// True when `chain` belongs to this queue and is live.
     bool owns(const DescriptorChain& chain) const noexcept { return chain.queue_ == this; }
@@ -414,6 +508,10 @@ protected:
     FatalFn fatal_;
     bool broken_ = false;
     QueueStats stats_;
+
+private:
+    std::vector<std::unique_ptr<ChainSegments>> seg_all_;  ///< every chain's segments ever made
+    ChainSegments* seg_free_ = nullptr;                    ///< those not in use
 };
 
 /// Creates a split or packed queue per `cfg`, mapping its ring areas RW in
