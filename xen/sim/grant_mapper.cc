@@ -186,9 +186,14 @@ protected:
         {
             std::lock_guard lk(mu_);
             Domain* locked = nullptr;
+            std::size_t run = 0;  // mappings of `locked` released in this run
             std::unique_lock<std::mutex> g;
             auto end_run = [&] {  // grant_mu of `locked` is held
-                if (locked && locked->dying && locked->mapped_pages == 0) zombies.push_back(shared_of(locked, held));
+                if (!locked) return;
+                if (locked->dying && locked->mapped_pages == 0) zombies.push_back(shared_of(locked, held));
+                // The guest stays alive (in `held`) until the locks are gone.
+                if (auto last = unpin_locked(locked, run)) held.push_back(std::move(last));
+                run = 0;
             };
             for (const Unmap& m : maps) {
                 std::size_t slot = SIZE_MAX;
@@ -209,8 +214,7 @@ protected:
                 }
                 rec.dom = nullptr;
                 pages += free_slot_locked(slot, *locked, [&](std::byte* a, std::size_t len) { own.emplace_back(a, len); });
-                // The guest stays alive (in `held`) until the locks are gone.
-                if (auto last = unpin_locked(locked)) held.push_back(std::move(last));
+                ++run;
                 any = true;
             }
             end_run();
@@ -268,8 +272,8 @@ private:
         // Mappings the entries still hold are released first (that takes mu_).
         for (auto& e : entries) {
             e.ro_addr = e.rw_addr = nullptr;
-            e.map.reset();
-            e.map2.reset();
+            if (e.map.valid()) e.map.reset();
+            if (e.map2.valid()) e.map2.reset();
         }
         std::lock_guard lk(mu_);
         auto r = map_locked(domid, refs, entries);
@@ -280,19 +284,30 @@ private:
     }
 
     /// Locks the grant table of `domid` for a map, after the restriction,
-    /// XSM and liveness checks, and sets `dom`. Core::mu only when the
-    /// handle does not know the guest yet (or the one it knows is gone or
-    /// dying): then the checks run under it with their exact errors and the
-    /// guest is remembered (weakly: a destroyed guest's memory is not kept).
+    /// XSM and liveness checks, and sets `d`. Core::mu only when the handle
+    /// does not know the guest yet (or the one it knows is gone or dying):
+    /// then the checks run under it with their exact errors and the guest
+    /// is remembered (weakly: a destroyed guest's memory is not kept).
+    /// `dom` is set too unless the handle's pin on the guest (it has live
+    /// mappings of it) keeps it alive: then no reference is counted.
     template <class What>
-    Result<std::unique_lock<std::mutex>> lock_guest(DomId domid, const What& what, std::shared_ptr<Domain>& dom) {
+    Result<std::unique_lock<std::mutex>> lock_guest(DomId domid, const What& what, Domain*& d,
+                                                    std::shared_ptr<Domain>& dom) {
         const std::uint32_t r = core_->restricted_to.load(std::memory_order_acquire);
         const bool xsm_refuses = core_->opts.xsm == XsmMode::Silo && core_->opts.self_domid != 0 && domid != 0;
         if (guest_id_ == domid && (r == Core::kUnrestricted || r == domid) && !xsm_refuses) {
-            dom = guest_.lock();
-            if (dom) {
+            if (pinned(guest_raw_) && guest_raw_->id == domid) {
+                std::unique_lock g(guest_raw_->grant_mu);
+                if (!guest_raw_->dying) {
+                    d = guest_raw_;
+                    return g;
+                }
+            } else if ((dom = guest_.lock())) {
                 std::unique_lock g(dom->grant_mu);
-                if (!dom->dying) return g;
+                if (!dom->dying) {
+                    d = dom.get();
+                    return g;
+                }
             }
         }
         std::lock_guard lk(core_->mu);
@@ -303,13 +318,19 @@ private:
             guest_id_ = domid;
             guest_ro_ = nullptr;
         }
+        guest_raw_ = dom.get();
+        d = dom.get();
         // dying is written with Core::mu held: still alive once grant_mu is taken.
         return std::unique_lock(dom->grant_mu);
     }
 
     Result<void> map_locked(DomId domid, std::span<const GrantRef> refs, std::span<GrantBatchEntry> entries) {
         std::size_t total = 0;
-        for (const auto& e : entries) total += std::size_t(e.ro) + e.rw;
+        bool has_ro = false;
+        for (const auto& e : entries) {
+            total += std::size_t(e.ro) + e.rw;
+            has_ro |= e.ro != 0;
+        }
         auto what = [&] { return "map " + std::to_string(total) + " grant refs of " + dom_name(domid); };
         if (total == 0) return errno_error(EINVAL, what() + ": no refs");
         if (total > kMaxBatch) return errno_error(E2BIG, what() + ": too many refs");
@@ -317,32 +338,104 @@ private:
         refs = refs.first(total);
         std::vector<std::uint64_t>& gfns = gfns_;
         gfns.resize(total);
-        std::shared_ptr<Domain> dom;
+        Domain* dp = nullptr;
+        std::shared_ptr<Domain> dom;  // null when the handle's pin keeps the guest
+        // Every part's frames contiguous: each is a view into premapped
+        // guest RAM (without protect_pages), placed in the same pass as
+        // its slot is filled.
+        bool contiguous = true;
         {
-            auto g = lock_guest(domid, what, dom);
+            auto g = lock_guest(domid, what, dp, dom);
             if (!g) return std::move(g).error();
-            Domain& d = *dom;
+            Domain& d = *dp;
             // One pass: each ref is checked, then counted; a bad ref takes
             // back the counts of the refs before it (checked, so neither
             // revoked nor freed meanwhile: grant_mu is held).
-            std::size_t at = 0;
+            const GrantRef* ref = refs.data();
+            std::uint64_t* gfn = gfns.data();
             for (const auto& e : entries) {
-                for (std::uint32_t i = 0; i < e.ro + e.rw; ++i, ++at) {
-                    const bool writable = i >= e.ro;
-                    if (auto f = check_ref(d, refs[at], writable); f != RefFault::None) {
-                        for (std::size_t j = 0; j < at; ++j) --d.grants[refs[j]].map_count;
-                        return ref_error(f, d, refs[at], what() + ", ref " + std::to_string(refs[at]));
+                for (int part = 0; part < 2; ++part) {
+                    const std::uint32_t n = part == 0 ? e.ro : e.rw;
+                    const bool writable = part == 1;
+                    for (std::uint32_t i = 0; i < n; ++i, ++ref, ++gfn) {
+                        if (auto f = check_ref(d, *ref, writable); f != RefFault::None) [[unlikely]] {
+                            for (const GrantRef* j = refs.data(); j != ref; ++j) --d.grants[*j].map_count;
+                            return ref_error(f, d, *ref, what() + ", ref " + std::to_string(*ref));
+                        }
+                        GrantEntry& ge = d.grants[*ref];
+                        ++ge.map_count;
+                        *gfn = ge.gfn;
+                        if (i != 0 && ge.gfn != gfn[-1] + 1) contiguous = false;
                     }
-                    GrantEntry& ge = d.grants[refs[at]];
-                    ++ge.map_count;
-                    gfns[at] = ge.gfn;
                 }
             }
             d.mapped_pages += total;
         }
-        // Place every part: a view into premapped guest RAM when its frames
-        // are contiguous (RW: the guest's own RW mapping; RO: a PROT_READ
-        // view), or, with protect_pages, an mmap of exactly its frames.
+        if (has_ro && !guest_ro_ && !core_->opts.protect_pages) guest_ro_ = ro_view(shared(dp, dom));
+        std::size_t slots = 0;
+        if (contiguous && !core_->opts.protect_pages && (guest_ro_ || !has_ro)) {
+            // Views only: nothing can fail from here.
+            const GrantRef* ref = refs.data();
+            const std::uint64_t* gfn = gfns.data();
+            for (GrantBatchEntry& e : entries) {
+                if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
+                e.ro_addr = e.ro ? guest_ro_ + gfn[0] * kPageSize : nullptr;
+                e.rw_addr = e.rw ? dp->mem + gfn[e.ro] * kPageSize : nullptr;
+                const std::uint32_t slot = new_slot();
+                MapRecord& rec = slots_[slot];
+                rec.dom = dp;
+                rec.set_refs(ref, e.ro + e.rw);
+                rec.own[0] = rec.own[1] = nullptr;
+                rec.own_pages[0] = e.ro;
+                rec.own_pages[1] = e.rw;
+                rec.addr = e.ro ? e.ro_addr : e.rw_addr;
+                rec.live = true;
+                e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
+                ref += e.ro + e.rw;
+                gfn += e.ro + e.rw;
+                ++slots;
+            }
+        } else {
+            auto placed_or = place(dp, dom, refs, entries);
+            if (!placed_or) return errno_error(placed_or.error().code.value(), what() + ": " + placed_or.error().message);
+            slots = *placed_or;
+        }
+        if (dom)
+            pin_locked(std::move(dom), slots);
+        else
+            pin_more_locked(dp, slots);
+        stats_.pages_mapped += total;
+        core_->stats.grant_pages_mapped.fetch_add(total, std::memory_order_relaxed);
+        core_->res.mapped_grant_pages.fetch_add(total, std::memory_order_relaxed);
+        return ok();
+    }
+
+    /// `dom`, or the handle's pin's reference on `d` when `dom` is null.
+    std::shared_ptr<Domain> shared(Domain* d, const std::shared_ptr<Domain>& dom) const {
+        return dom ? dom : shared_of(d, {});
+    }
+
+    /// A free slot (made when none is).
+    std::uint32_t new_slot() {
+        if (!free_.empty()) {
+            const std::uint32_t slot = free_.back();
+            free_.pop_back();
+            return slot;
+        }
+        slots_.emplace_back();
+        return std::uint32_t(slots_.size() - 1);
+    }
+
+    /// map_locked()'s placement when a part is not a plain view: a view
+    /// into premapped guest RAM when its frames are contiguous (RW: the
+    /// guest's own RW mapping; RO: a PROT_READ view), or, with
+    /// protect_pages, an mmap of exactly its frames. The refs are counted
+    /// (gfns_ holds their frames); on an error their counts are taken back
+    /// and nothing stays mapped. Returns the slots filled.
+    Result<std::size_t> place(Domain* dp, const std::shared_ptr<Domain>& dom_or_null, std::span<const GrantRef> refs,
+                              std::span<GrantBatchEntry> entries) {
+        const std::shared_ptr<Domain> dom = shared(dp, dom_or_null);
+        const std::vector<std::uint64_t>& gfns = gfns_;
         std::vector<Placed>& placed = placed_;
         placed.assign(entries.size(), Placed{});
         std::size_t at = 0;
@@ -372,7 +465,7 @@ private:
                                     ::munmap(placed[j].addr[p],
                                              std::size_t(p == 0 ? entries[j].ro : entries[j].rw) * kPageSize);
                         undo(dom, refs);
-                        return errno_error(m.error().code.value(), what() + ": " + m.error().message);
+                        return std::move(m).error();
                     }
                     placed[k].addr[part] = *m;
                     placed[k].own[part] = true;
@@ -384,16 +477,9 @@ private:
         for (std::size_t k = 0; k < entries.size(); ++k) {
             GrantBatchEntry& e = entries[k];
             if (e.ro + e.rw == 0) continue;  // nothing mapped, nothing to release
-            std::uint32_t slot;
-            if (!free_.empty()) {
-                slot = free_.back();
-                free_.pop_back();
-            } else {
-                slot = std::uint32_t(slots_.size());
-                slots_.emplace_back();
-            }
+            const std::uint32_t slot = new_slot();
             MapRecord& rec = slots_[slot];
-            rec.dom = dom.get();
+            rec.dom = dp;
             ++slots;
             rec.set_refs(refs.data() + pos, e.ro + e.rw);
             pos += std::size_t(e.ro) + e.rw;
@@ -407,11 +493,7 @@ private:
             e.rw_addr = placed[k].addr[1];
             e.map = GrantMapping(this, rec.addr, e.ro + e.rw, e.rw != 0, std::uint64_t(slot) + 1);
         }
-        pin_locked(std::move(dom), slots);
-        stats_.pages_mapped += total;
-        core_->stats.grant_pages_mapped.fetch_add(total, std::memory_order_relaxed);
-        core_->res.mapped_grant_pages.fetch_add(total, std::memory_order_relaxed);
-        return ok();
+        return slots;
     }
 
     /// The PROT_READ view of `dom`'s RAM, made on first use (nullptr if
@@ -550,12 +632,28 @@ private:
             }
         pins_.push_back(Pin{std::move(dom), slots});
     }
-    /// One live mapping of `d` gone (mu_ held): its pin's reference when it
-    /// was the last (to drop after the locks), else null.
-    std::shared_ptr<Domain> unpin_locked(Domain* d) noexcept {
+    /// True when the handle has live mappings of `d` (mu_ held): its pin
+    /// keeps `d` alive.
+    bool pinned(const Domain* d) const noexcept {
+        for (const Pin& p : pins_)
+            if (p.dom.get() == d) return true;
+        return false;
+    }
+    /// Adds `slots` live mappings of `d`, a pinned guest (mu_ held).
+    void pin_more_locked(Domain* d, std::size_t slots) noexcept {
+        for (Pin& p : pins_)
+            if (p.dom.get() == d) {
+                p.slots += slots;
+                return;
+            }
+    }
+    /// `n` live mappings of `d` gone (mu_ held): its pin's reference when
+    /// they were the last (to drop after the locks), else null.
+    std::shared_ptr<Domain> unpin_locked(Domain* d, std::size_t n = 1) noexcept {
         for (std::size_t i = 0; i < pins_.size(); ++i) {
             if (pins_[i].dom.get() != d) continue;
-            if (--pins_[i].slots != 0) return nullptr;
+            pins_[i].slots -= n;
+            if (pins_[i].slots != 0) return nullptr;
             std::shared_ptr<Domain> last = std::move(pins_[i].dom);
             pins_[i] = std::move(pins_.back());
             pins_.pop_back();
@@ -577,6 +675,7 @@ private:
     std::vector<Pin> pins_;  ///< one per guest with live mappings
     GrantStats stats_;
     std::weak_ptr<Domain> guest_;  ///< the guest mapped last
+    Domain* guest_raw_ = nullptr;  ///< the same (compared only unless pinned(): may be gone)
     DomId guest_id_ = 0;
     std::byte* guest_ro_ = nullptr;  ///< its PROT_READ view, once made
     std::vector<MapRecord> slots_;
