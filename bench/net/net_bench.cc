@@ -106,6 +106,7 @@ struct Bench {
     std::atomic<bool> base_rx_stop{false};
     std::vector<std::byte> rx_frame[2];   // 1514 and 64 bytes
     bool protect = false;                 // sim grant mappings with page protections
+    unsigned tx_poll_us = 0;              // the device's tx poll window
 };
 Bench* g = nullptr;
 
@@ -114,6 +115,12 @@ std::string setup() {
     devices::NetConfig cfg;
     cfg.tap = "xvbench0";
     cfg.queues = 2;  // a multi-queue tap, so the baseline can attach a queue of its own
+    // The device's tx poll window (NetConfig::tx_poll_us): its default, or
+    // XV_NET_BENCH_TX_POLL_US (0: no polling, a kick for every refill of
+    // an empty ring).
+    if (const char* tp = std::getenv("XV_NET_BENCH_TX_POLL_US"); tp && *tp)
+        cfg.tx_poll_us = static_cast<unsigned>(std::strtoul(tp, nullptr, 10));
+    g->tx_poll_us = cfg.tx_poll_us;
     xen::sim::SimOptions so;
     // Mappings as plain pointers into guest memory, as for the other
     // benchmarks; XV_NET_BENCH_PROTECT=1 maps each batch with mmap() and
@@ -528,6 +535,13 @@ int main(int argc, char** argv) {
     std::printf("tx frames %llu, dropped %llu, waits for tap room %llu; rx frames %llu, dropped %llu, stalls %llu\n",
                 (unsigned long long)s.tx_frames, (unsigned long long)s.tx_dropped, (unsigned long long)s.tx_eagain,
                 (unsigned long long)s.rx_frames, (unsigned long long)s.rx_dropped, (unsigned long long)s.rx_stalls);
+    const double dev_cpu = cpu_seconds(g->rig.loop.native_handle());
+    std::printf("tx poll window %u us (XV_NET_BENCH_TX_POLL_US): %llu windows, %llu found chains, %llu in vain "
+                "(%llu ended early: CPU wanted); CPU polled in vain %.1f ms = %.2f %% of the device thread's %.2f s\n",
+                g->tx_poll_us, (unsigned long long)s.tx_polls, (unsigned long long)s.tx_poll_hits,
+                (unsigned long long)s.tx_polls_in_vain, (unsigned long long)s.tx_polls_contended,
+                double(s.tx_poll_in_vain_ns) / 1e6, dev_cpu > 0 ? 100.0 * double(s.tx_poll_in_vain_ns) / 1e9 / dev_cpu : 0.0,
+                dev_cpu);
     for (int qi : {0, 1}) {
         const auto& qs = g->rig.q[qi]->stats();
         std::printf("%s queue: %llu chains completed, %llu notification checks, %llu interrupts, %llu suppressed "

@@ -7,13 +7,17 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <thread>
 
 #include "common/next_chain.h"
 #include "tap.h"
@@ -118,6 +122,8 @@ struct Core {
     std::uint16_t max_pairs = 1;
     std::uint16_t mtu = 0;
     std::uint64_t offered = 0;
+    std::chrono::nanoseconds tx_poll{0};  ///< NetConfig::tx_poll_us
+    bool tx_poll_gives_way = true;        ///< NetConfig::tx_poll_gives_way
 
     mutable std::mutex cfg_mu;  // mac, status, filter
     Mac mac{};
@@ -135,7 +141,8 @@ struct Core {
 
     struct Counters {
         std::atomic<std::uint64_t> tx_frames{0}, tx_bytes{0}, tx_dropped{0}, tx_eagain{0}, rx_frames{0}, rx_bytes{0},
-            rx_filtered{0}, rx_dropped{0}, rx_merged{0}, rx_stalls{0}, ctrl_ok{0}, ctrl_err{0};
+            rx_filtered{0}, rx_dropped{0}, rx_merged{0}, rx_stalls{0}, ctrl_ok{0}, ctrl_err{0}, tx_polls{0},
+            tx_poll_hits{0}, tx_polls_in_vain{0}, tx_polls_contended{0}, tx_poll_in_vain_ns{0};
     } n;
 
     /// virtio 1.2 §5.1.6.5.1/§5.1.6.5.2: rx mode and MAC table filtering.
@@ -227,6 +234,12 @@ struct Pair {
     std::vector<std::uint8_t> tx_state;  ///< per chain of tx_batch: kTxPending / kTxDone
     std::vector<std::byte> tx_copy;  ///< kTxCopy bytes: header + frame of a small frame
     std::uint64_t tx_sent_frames = 0, tx_sent_bytes = 0;  ///< counted at the next flush
+    /// A poll window (NetConfig::tx_poll_us) is open: the ring ran empty
+    /// and is looked at again until tx_poll_end.
+    bool tx_polling = false;
+    bool tx_poll_posted = false;  ///< a look (tx_pump) is posted to the strand
+    std::chrono::steady_clock::time_point tx_poll_end;
+    std::int64_t tx_poll_cpu0 = 0;  ///< the thread's CPU time when the window opened
 };
 
 /// Everything of one activation (activate .. reset).
@@ -262,6 +275,12 @@ private:
     void rx_flush(Pair& p);
     // tx
     void tx_pump(Pair& p);
+    /// What tx_take() found: chains appended to tx_batch, none (the driver
+    /// asked to kick), a poll round posted, or a broken queue.
+    enum class Take { Chain, Empty, Polling, Broken };
+    Take tx_take(Pair& p, unsigned max);
+    /// Closes the open poll window; `found`: it ended with chains.
+    void tx_poll_close(Pair& p, bool found, bool contended = false);
     NetError tx_prepare(DescriptorChain& c, VirtioNetHdr& hdr, std::uint32_t& frame_len);
     void tx_arm(Pair& p);
     void tx_flush(Pair& p, bool& pushed);
@@ -804,8 +823,97 @@ bool Session::tx_write(Pair& p, std::size_t i) {
     }
 }
 
+namespace {
+/// CPU time of the calling thread (what a poll in vain cost it).
+std::int64_t thread_cpu_ns() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+/// A yield between two looks that takes longer than this ran another
+/// task: the CPU is wanted elsewhere and the window closes.
+constexpr std::chrono::microseconds kTxPollContended{20};
+}  // namespace
+
+void Session::tx_poll_close(Pair& p, bool found, bool contended) {
+    p.tx_polling = false;
+    if (found) {
+        core_->n.tx_poll_hits.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+    core_->n.tx_polls_in_vain.fetch_add(1, std::memory_order_relaxed);
+    if (contended) core_->n.tx_polls_contended.fetch_add(1, std::memory_order_relaxed);
+    core_->n.tx_poll_in_vain_ns.fetch_add(std::uint64_t(std::max<std::int64_t>(0, thread_cpu_ns() - p.tx_poll_cpu0)),
+                                          std::memory_order_relaxed);
+}
+
+Session::Take Session::tx_take(Pair& p, unsigned max) {
+    if (core_->tx_poll.count() <= 0) {
+        switch (next_chains(*p.txq, max, p.tx_batch)) {
+            case Next::Chain: return Take::Chain;
+            case Next::Empty: return Take::Empty;
+            case Next::Broken: return Take::Broken;
+        }
+    }
+    // The ring ran empty: look again for up to tx_poll before asking the
+    // driver to kick, as vhost-net's busy polling does. Notifications stay
+    // off meanwhile (virtio 1.2 §2.7.10): a driver that refills within the
+    // window does not kick. Each look is one handler on the queue's strand:
+    // other handlers (other queues, the ioreq path, stop) run between looks.
+    auto r = p.txq->pop_batch(max, p.tx_batch);
+    if (!r) return Take::Broken;  // fatal() was called: the transport was told
+    if (*r > 0) {
+        if (p.tx_polling) tx_poll_close(p, /*found=*/true);
+        return Take::Chain;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!p.tx_polling) {
+        p.tx_polling = true;
+        p.tx_poll_end = now + core_->tx_poll;
+        p.tx_poll_cpu0 = thread_cpu_ns();
+        core_->n.tx_polls.fetch_add(1, std::memory_order_relaxed);
+    } else if (now >= p.tx_poll_end) {
+        tx_poll_close(p, /*found=*/false);
+    }
+    if (p.tx_polling) {
+        // Between looks the CPU goes to whoever else wants it (on a busy
+        // host the guest's vCPU may wait for this very CPU); a yield that
+        // comes back late means it is wanted: the window closes.
+        const auto before = std::chrono::steady_clock::now();
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() - before <= kTxPollContended || !core_->tx_poll_gives_way) {
+            // One look in flight at a time (a kick during the window runs
+            // tx_pump too, and must not start a second chain of looks).
+            if (!p.tx_poll_posted) {
+                p.tx_poll_posted = true;
+                asio::post(p.txq->strand(), [self = shared_from_this(), pp = &p] {
+                    std::lock_guard lk(pp->tx_mu);
+                    pp->tx_poll_posted = false;
+                    self->tx_pump(*pp);
+                });
+            }
+            return Take::Polling;
+        }
+        tx_poll_close(p, /*found=*/false, /*contended=*/true);
+    }
+    // The window is over: ask for a kick and look once more (next_chains).
+    switch (next_chains(*p.txq, max, p.tx_batch)) {
+        case Next::Chain: return Take::Chain;
+        case Next::Empty: return Take::Empty;
+        case Next::Broken: return Take::Broken;
+    }
+    return Take::Broken;
+}
+
 void Session::tx_pump(Pair& p) {
     if (p.tx_stopped || !p.txq || p.txq->broken() || p.tx_waiting) return;
+    // virtio 1.2 §2.7.10: while the device works through the ring (and
+    // while it polls) the driver need not kick: with EVENT_IDX the pops
+    // leave avail_event where it is, without it used flags say NO_NOTIFY.
+    // Every way out that waits for a kick goes through next_chains(),
+    // which asks for kicks again and looks once more; the others come back
+    // by themselves (budget: posted; tap full: armed; polling: posted).
+    p.txq->disable_notifications();
     bool pushed = false;
     unsigned budget = 0;
     while (budget < kTxBudget && !p.tx_waiting) {
@@ -822,7 +930,7 @@ void Session::tx_pump(Pair& p) {
             p.tx_hdrs.clear();
             p.tx_state.clear();
             p.tx_next = p.tx_done = 0;
-            if (next_chains(*p.txq, std::min<unsigned>(kTxBatch, kTxBudget - budget), p.tx_batch) != Next::Chain) break;
+            if (tx_take(p, std::min<unsigned>(kTxBatch, kTxBudget - budget)) != Take::Chain) break;
             for (auto& c : p.tx_batch) {
                 VirtioNetHdr hdr{};
                 std::uint32_t frame_len = 0;
@@ -1113,8 +1221,10 @@ public:
     std::uint16_t active_pairs() const override { return core_->active_pairs.load(); }
     NetStats stats() const override {
         const auto& n = core_->n;
-        return NetStats{n.tx_frames, n.tx_bytes, n.tx_dropped, n.tx_eagain,  n.rx_frames, n.rx_bytes,
-                        n.rx_filtered, n.rx_dropped, n.rx_merged, n.rx_stalls, n.ctrl_ok, n.ctrl_err};
+        return NetStats{n.tx_frames,   n.tx_bytes,     n.tx_dropped,       n.tx_eagain,          n.rx_frames,
+                        n.rx_bytes,    n.rx_filtered,  n.rx_dropped,       n.rx_merged,          n.rx_stalls,
+                        n.ctrl_ok,     n.ctrl_err,     n.tx_polls,         n.tx_poll_hits,       n.tx_polls_in_vain,
+                        n.tx_polls_contended, n.tx_poll_in_vain_ns};
     }
 
 private:
@@ -1137,6 +1247,10 @@ Result<std::unique_ptr<NetDevice>> make_net_device(const NetConfig& cfg, transpo
         return make_error(std::errc::invalid_argument, id.label() + ": queues must be 1..16, not " + std::to_string(cfg.queues));
     if (cfg.mtu != 0 && cfg.mtu < 68)
         return make_error(std::errc::invalid_argument, id.label() + ": mtu below 68");
+    if (cfg.tx_poll_us > NetConfig::kMaxTxPollUs)
+        return make_error(std::errc::invalid_argument, id.label() + ": tx_poll_us must be 0.." +
+                                                           std::to_string(NetConfig::kMaxTxPollUs) + ", not " +
+                                                           std::to_string(cfg.tx_poll_us));
     if (cfg.mac && ((*cfg.mac)[0] & 1))
         return make_error(std::errc::invalid_argument, id.label() + ": mac is a multicast address");
     auto tap = net::Tap::open(cfg.tap, cfg.queues);
@@ -1146,6 +1260,8 @@ Result<std::unique_ptr<NetDevice>> make_net_device(const NetConfig& cfg, transpo
     core->tap = std::move(*tap);
     core->max_pairs = cfg.queues;
     core->mtu = cfg.mtu;
+    core->tx_poll = std::chrono::microseconds(cfg.tx_poll_us);
+    core->tx_poll_gives_way = cfg.tx_poll_gives_way;
     if (cfg.mtu) {
         if (auto r = core->tap.set_mtu(cfg.mtu); !r) return Error{r.error().code, core->id.label() + ": " + r.error().message};
     }

@@ -49,6 +49,21 @@ struct NetConfig {
     std::string bridge;
     /// MTU offered with VIRTIO_NET_F_MTU and set on the tap; 0: the tap's.
     std::uint16_t mtu = 0;
+    /// Once a transmit queue runs empty, the device keeps looking at its
+    /// avail ring for up to this long, with the driver's notifications off,
+    /// before it asks for a kick again (0: asks at once). A guest that
+    /// refills within the window is served without a kick and without the
+    /// device's thread sleeping and waking. Each look is a separate handler
+    /// on the queue's strand (other queues and the ioreq path run between
+    /// looks) and the device yields the CPU between looks; a yield that
+    /// comes back late (another task wanted the CPU) ends the window.
+    unsigned tx_poll_us = kDefaultTxPollUs;
+    static constexpr unsigned kDefaultTxPollUs = 50;
+    static constexpr unsigned kMaxTxPollUs = 1000;
+    /// Whether a window ends when a yield between looks comes back late
+    /// (on by default; tests turn it off to poll whole windows on a busy
+    /// host). Not a configuration key.
+    bool tx_poll_gives_way = true;
 };
 
 /// virtio-net feature bits (virtio 1.2 §5.1.3).
@@ -170,6 +185,15 @@ struct NetStats {
     std::uint64_t rx_stalls = 0;    ///< times reading stopped for lack of rx buffers
     std::uint64_t ctrl_ok = 0;
     std::uint64_t ctrl_err = 0;
+    /// tx polling (NetConfig::tx_poll_us): windows started when a transmit
+    /// queue ran empty, windows that found chains, windows that ended empty
+    /// (then the driver is asked to kick), of those the ones ended early
+    /// because the CPU was wanted, and the CPU time those empty windows took.
+    std::uint64_t tx_polls = 0;
+    std::uint64_t tx_poll_hits = 0;
+    std::uint64_t tx_polls_in_vain = 0;
+    std::uint64_t tx_polls_contended = 0;
+    std::uint64_t tx_poll_in_vain_ns = 0;
 };
 
 /// A virtio-net device; the daemon keeps it as a transport::Device.
