@@ -314,7 +314,7 @@ void read_console_ports(Reader& r, const toml::node& node, const std::string& se
 /// Keys each device type accepts beyond the common ones.
 bool key_applies(DeviceType t, std::string_view key) {
     static const std::set<std::string_view> blk{"path", "readonly", "discard", "queues"};
-    static const std::set<std::string_view> net{"tap", "mac", "queues", "bridge", "mtu"};
+    static const std::set<std::string_view> net{"tap", "mac", "queues", "bridge", "mtu", "tx_poll_us"};
     static const std::set<std::string_view> con{"backend", "socket", "log", "ports"};
     switch (t) {
         case DeviceType::Blk: return blk.count(key) != 0;
@@ -330,7 +330,8 @@ void read_device(Reader& r, const toml::table& t, unsigned ordinal, DeviceEntry&
     d.ordinal = ordinal;
     static const std::set<std::string_view> common{"guest", "type", "index", "transport", "grants", "nonblocking"};
     static const std::set<std::string_view> specific{"path", "readonly", "discard", "queues", "tap", "mac",
-                                                     "bridge", "mtu", "backend", "socket", "log", "ports"};
+                                                     "bridge", "mtu", "tx_poll_us", "backend", "socket", "log",
+                                                     "ports"};
 
     // The type decides which other keys apply: read it first.
     std::optional<DeviceType> type;
@@ -420,6 +421,8 @@ void read_device(Reader& r, const toml::table& t, unsigned ordinal, DeviceEntry&
         } else if (key == "mtu") {
             // 68: the IPv4 minimum (RFC 791); 65535: virtio-net's u16 mtu field.
             if (auto v = r.integer(node, sec, key, 68, 65535)) d.mtu = unsigned(*v);
+        } else if (key == "tx_poll_us") {
+            if (auto v = r.integer(node, sec, key, 0, DeviceEntry::kMaxTxPollUs)) d.tx_poll_us = unsigned(*v);
         } else if (key == "backend") {
             if (auto v = r.string(node, sec, key)) {
                 if (*v == "pty")

@@ -8,7 +8,7 @@
 //     [[domain]]      id | name, roles, class, allow_unrestricted
 //     [[device]]      guest, type, index, transport, grants, nonblocking,
 //                     blk: path readonly discard queues
-//                     net: tap mac queues bridge mtu
+//                     net: tap mac queues bridge mtu tx_poll_us
 //                     console: backend socket log ports
 //
 // Parsing is strict: an unknown key, a wrong type or a bad value is an
@@ -173,6 +173,11 @@ struct DeviceEntry {
     std::optional<Mac> mac;               ///< empty: generated
     std::string bridge;                   ///< bridge to add the tap to; empty: none
     unsigned mtu = 1500;
+    /// Poll window of a transmit queue that ran empty (devices/net.h
+    /// NetConfig::tx_poll_us), 0..1000 us; 0: ask for a kick at once.
+    unsigned tx_poll_us = kDefaultTxPollUs;
+    static constexpr unsigned kDefaultTxPollUs = 50;
+    static constexpr unsigned kMaxTxPollUs = 1000;
     // console
     ConsoleBackend console = ConsoleBackend::Pty;
     std::string socket;                   ///< backend = "socket": unix socket path

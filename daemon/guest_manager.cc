@@ -52,6 +52,9 @@ std::optional<std::string> fill_backend(DevicePlan& p, const DeviceEntry* cfg, c
             p.net.queues = std::uint16_t(cfg ? cfg->queues : 1);
             p.net.bridge = cfg ? cfg->bridge : std::string();
             p.net.mtu = std::uint16_t(cfg ? cfg->mtu : 1500);
+            static_assert(DeviceEntry::kDefaultTxPollUs == devices::NetConfig::kDefaultTxPollUs &&
+                          DeviceEntry::kMaxTxPollUs == devices::NetConfig::kMaxTxPollUs);
+            if (cfg) p.net.tx_poll_us = cfg->tx_poll_us;
             return std::nullopt;
         case DeviceType::Console:
             p.console.backend = !cfg || cfg->console == ConsoleBackend::Pty ? devices::ConsoleConfig::Backend::Pty

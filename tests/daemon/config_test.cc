@@ -88,6 +88,7 @@ mac = "52:54:00:12:34:56"
 queues = 2
 bridge = "xenbr0"
 mtu = 9000
+tx_poll_us = 0
 
 [[device]]
 guest = "guest1"
@@ -150,6 +151,7 @@ log = "/var/log/xen-virtiod/g1.log"
     EXPECT_EQ(net.queues, 2u);
     EXPECT_EQ(net.bridge, "xenbr0");
     EXPECT_EQ(net.mtu, 9000u);
+    EXPECT_EQ(net.tx_poll_us, 0u);
 
     EXPECT_EQ(c.devices[2].console, ConsoleBackend::Socket);
     EXPECT_EQ(c.devices[2].socket, "/run/xen-virtiod/g1.sock");
@@ -190,6 +192,7 @@ backend = "log"
     EXPECT_FALSE(b.guest_id.has_value());
     EXPECT_TRUE(c.devices[1].nonblocking) << "pci: on by default (a vendor capability)";
     EXPECT_EQ(c.devices[1].mtu, 1500u);
+    EXPECT_EQ(c.devices[1].tx_poll_us, 50u);
     EXPECT_FALSE(c.devices[1].mac.has_value());
     EXPECT_EQ(c.devices[2].socket, "/run/xen-virtiod/g.console0.sock");
     EXPECT_EQ(c.devices[3].log, "/var/log/xen-virtiod/dom7.console2.log");
@@ -373,6 +376,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\ntap = \"a/b\"\n", ":4: [[device]] #1 key 'tap': 'a/b' is not an interface name"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\nbridge = \"averyveryverylongbridge\"\n", ":4: [[device]] #1 key 'bridge': 'averyveryverylongbridge' is not an interface name"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\nmtu = 20\n", ":4: [[device]] #1 key 'mtu': value 20 out of range 68..65535"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\ntx_poll_us = 1001\n", ":4: [[device]] #1 key 'tx_poll_us': value 1001 out of range 0..1000"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"net\"\ntx_poll_us = -1\n", ":4: [[device]] #1 key 'tx_poll_us': value -1 out of range 0..1000"},
+        BadValue{"[[device]]\nguest = \"g\"\ntype = \"blk\"\ntx_poll_us = 10\n", ":4: [[device]] #1 key 'tx_poll_us'"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nbackend = \"tty\"\n", ":4: [[device]] #1 key 'backend': 'tty' is not one of pty|socket|log"},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nsocket = \"/run/x.sock\"\n", ":4: [[device]] #1 key 'socket': only applies with backend = \"socket\""},
         BadValue{"[[device]]\nguest = \"g\"\ntype = \"console\"\nbackend = \"socket\"\nsocket = \"/run/xen-virtiod/this-socket-path-is-much-longer-than-a-unix-socket-address-can-hold-in-sun-path-really.sock\"\n", ":5: [[device]] #1 key 'socket': path too long"},
