@@ -301,6 +301,34 @@ TEST_F(MmioTest, PollingServesBackToBackAccessesWithoutWakeUps) {
     EXPECT_EQ(h_->loop->state(), transport::IoreqLoop::State::Stopped);
 }
 
+// A guest trapping back to back for longer than one poll round
+// (kMaxPollServes ioreqs) stays served by the poll: the round lets the
+// strand's other work run and goes on, instead of sleeping on the fd and
+// costing the next access a wake-up each kMaxPollServes accesses.
+TEST_F(MmioTest, PollingGoesOnPastOneRoundOfServes) {
+    using transport::IoreqLoop;
+    h_->loop->set_poll(2s);
+    h_->loop->set_poll_gives_way(false);
+    // The window grows from 0 by doubling at each wake-up after a wait
+    // shorter than the maximum (set_poll): 1 ms pauses take it to 640 us.
+    for (unsigned i = 0; i < 7; ++i) {
+        std::this_thread::sleep_for(1ms);
+        ASSERT_EQ(*rd(0x000, 4), 0x74726976u);
+    }
+    const auto before = h_->loop->stats();
+    constexpr unsigned kRounds = 8;
+    const unsigned accesses = kRounds * IoreqLoop::kMaxPollServes + 10;
+    for (unsigned i = 0; i < accesses; ++i) ASSERT_EQ(*rd(0x008, 4), 42u) << "access " << i;
+    const auto after = h_->loop->stats();
+    EXPECT_EQ(after.served - before.served, accesses);
+    // At least one wake-up per round before (kRounds); only a host too busy
+    // to trap again within the window adds any now.
+    EXPECT_LT(after.wakeups - before.wakeups, kRounds);
+    EXPECT_GE(after.polled - before.polled, accesses - kRounds);
+    h_->shutdown();
+    EXPECT_EQ(h_->loop->state(), IoreqLoop::State::Stopped);
+}
+
 // Without set_poll every ioreq is served after a wake-up; none is counted
 // as polled.
 TEST_F(MmioTest, WithoutPollingNothingIsServedByThePoll) {

@@ -216,13 +216,21 @@ void IoreqLoop::drain_extra() {
 void IoreqLoop::on_ready() {
     if (state_ == State::Stopped) return;
     ++wakeups_;
-    serve_now();
-    poll_for_more();
-    if (readable_now()) {
+    serve_and_poll(false);
+}
+
+void IoreqLoop::serve_and_poll(bool polling) {
+    if (state_ == State::Stopped) return;
+    serve_now(polling);
+    // A poll that stopped at kMaxPollServes was finding work: it goes on
+    // after the strand's other handlers instead of sleeping on the fd
+    // (which cost the next access a wake-up every kMaxPollServes accesses).
+    const bool busy = poll_for_more();
+    if (busy || readable_now()) {
         // More is ready (serve_pending is bounded): let other handlers run
         // first, then serve again.
         auto self = shared_from_this();
-        boost::asio::post(strand_, [self] { self->on_ready(); });
+        boost::asio::post(strand_, [self, busy] { self->serve_and_poll(busy); });
         return;
     }
     arm();
@@ -258,11 +266,11 @@ void IoreqLoop::adapt_window(std::chrono::steady_clock::time_point woken) {
     window_ns_.store(w, std::memory_order_relaxed);
 }
 
-void IoreqLoop::poll_for_more() {
+bool IoreqLoop::poll_for_more() {
     using clock = std::chrono::steady_clock;
     const std::int64_t max_ns = poll_ns_.load(std::memory_order_relaxed);
     const std::int64_t window = std::min(window_ns_.load(std::memory_order_relaxed), max_ns);
-    if (window <= 0) return;
+    if (window <= 0) return false;
     // A realtime thread (ioreq_realtime_priority) does not poll: its
     // sched_yield() gives the CPU only to threads of its own priority
     // (sched_yield(2)), so it would keep every normal thread of its CPU
@@ -270,7 +278,7 @@ void IoreqLoop::poll_for_more() {
     // Its wake-up from the fd wait is the fast path instead. A thread's
     // policy is set as it starts (daemon/ioreq_tuning.h), so asked once.
     thread_local const int policy = ::sched_getscheduler(0);
-    if (policy == SCHED_FIFO || policy == SCHED_RR) return;
+    if (policy == SCHED_FIFO || policy == SCHED_RR) return false;
     auto now = clock::now();
     // The budget of polls in vain: 1/kPollBudgetShare of the time passed.
     if (credit_at_ != clock::time_point{})
@@ -284,7 +292,7 @@ void IoreqLoop::poll_for_more() {
         // A round that finds nothing is paid from the budget: it never
         // polls longer than the budget holds.
         const std::int64_t limit = std::min(window, credit_ns_);
-        if (limit <= 0) return;
+        if (limit <= 0) return false;
         const auto start = clock::now();
         const auto until = start + std::chrono::nanoseconds(limit);
         const std::int64_t cpu_start = thread_cpu_ns();
@@ -304,7 +312,7 @@ void IoreqLoop::poll_for_more() {
             now = clock::now();
             if (now >= until || state_ == State::Stopped) {
                 charge_in_vain();
-                return;
+                return false;
             }
             // Give the CPU away between looks: on a busy host the thread
             // that will trap next may be waiting for this very CPU. A yield
@@ -319,10 +327,11 @@ void IoreqLoop::poll_for_more() {
                 polls_contended_.fetch_add(1, std::memory_order_relaxed);
                 std::int64_t w = window_ns_.load(std::memory_order_relaxed) / 2;
                 window_ns_.store(w < kPollGrowStart.count() ? 0 : w, std::memory_order_relaxed);
-                return;
+                return false;
             }
         }
     }
+    return state_ != State::Stopped;
 }
 
 unsigned IoreqLoop::serve_now(bool polled) {

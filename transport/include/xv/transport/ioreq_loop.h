@@ -110,7 +110,8 @@ public:
     /// of the time that passes (at most kPollCreditMax banked): polling in
     /// vain costs at most 1/kPollBudgetShare of one CPU per loop on average,
     /// whatever the guest does. One poll round serves at most
-    /// kMaxPollServes ioreqs before the strand runs other work.
+    /// kMaxPollServes ioreqs before the strand runs other work; the poll
+    /// then goes on after that work (no fd wait in between).
     void set_poll(std::chrono::microseconds window) noexcept { poll_ns_ = std::int64_t(window.count()) * 1000; }
     /// The maximum set_poll() set.
     std::chrono::microseconds poll_window() const noexcept {
@@ -149,8 +150,12 @@ private:
 
     void arm();
     void on_ready();
+    /// Serves, polls, then goes on (posted) or arm()s; `polling`: the
+    /// continuation of a poll that was still finding work (counts as polled).
+    void serve_and_poll(bool polling);
     unsigned serve_now(bool polled = false);  ///< polled: found by poll_for_more()
-    void poll_for_more();
+    /// True when it stopped at kMaxPollServes (the guest is still trapping).
+    bool poll_for_more();
     void adapt_window(std::chrono::steady_clock::time_point woken);
     bool readable_now() const;
     void drain_extra();
