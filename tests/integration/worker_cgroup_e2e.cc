@@ -119,44 +119,67 @@ struct FakeWorker {
     fs::path base, script, out, flag;
 };
 
+/// A temp dir with the fake worker, a host with one guest and a blk device,
+/// and the supervisor's options for the real fork/exec spawner.
+struct Rig {
+    explicit Rig(const RealGroup& g, const char* tag)
+        : tmp(fs::temp_directory_path() / (std::string("xv-cg-e2e-") + tag + std::to_string(::getpid()))),
+          made(fs::create_directories(tmp)),
+          w(tmp),
+          img(4 << 20),
+          h(domains_toml({{"g1", "unsafe"}}) + blk_toml("g1", img.path.string())) {
+        std::ofstream(tmp / "self-cgroup") << g.line << "\n";
+        mo.spawn_workers = true;  // the real fork/exec spawner, made by start()
+        mo.self_exe = w.script.string();
+        mo.config_path = "/dev/null";
+        mo.reap_period = 10ms;
+        mo.worker_cgroups.proc_self_cgroup = (tmp / "self-cgroup").string();
+    }
+    ~Rig() {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+    }
+    /// Creates the guest with its device; its domid (0: failed).
+    xen::DomId add_guest() {
+        auto d = create_guest(h, "g1");
+        EXPECT_TRUE(d.has_value());
+        if (!d) return 0;
+        EXPECT_TRUE(h.sim->add_virtio_device(spec(*d, 0, "virtio,device2")).has_value());
+        return *d;
+    }
+    /// Destroys the guest, lets the fake worker exit 0 (as `serve --domid N`
+    /// does) and waits until the supervisor reaped it.
+    void end_guest(xen::DomId domid) {
+        ASSERT_TRUE(h.sim->destroy_domain(domid).has_value());
+        fs::remove(w.flag);
+        EXPECT_TRUE(h.eventually([&] { return h.on_io([&] { return h.manager->stats().workers_exited; }) == 1; }, 10s));
+    }
+    fs::path tmp;
+    bool made;
+    FakeWorker w;
+    TempImage img;
+    Host h;
+    ManagerOptions mo;
+};
+
 TEST(WorkerCgroupE2E, ASupervisorStartedWorkerIsInItsOwnCpuCgroupWhichIsGoneAfterTheGuest) {
     RealGroup g;
     if (!g.skip.empty()) GTEST_SKIP() << g.skip;
-    const fs::path tmp = fs::temp_directory_path() / ("xv-cg-e2e-" + std::to_string(::getpid()));
-    fs::create_directories(tmp);
-    struct Cleanup {
-        fs::path p;
-        ~Cleanup() {
-            std::error_code ec;
-            fs::remove_all(p, ec);
-        }
-    } cleanup{tmp};
-    FakeWorker w(tmp);
-    std::ofstream(tmp / "self-cgroup") << g.line << "\n";
-
-    TempImage img(4 << 20);
-    Host h(domains_toml({{"g1", "unsafe"}}) + blk_toml("g1", img.path.string()));
-    auto d1 = create_guest(h, "g1");
-    ASSERT_TRUE(d1.has_value());
-    ASSERT_TRUE(h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
-    ManagerOptions mo;
-    mo.spawn_workers = true;  // the real fork/exec spawner, made by start()
-    mo.self_exe = w.script.string();
-    mo.config_path = "/dev/null";
-    mo.reap_period = 10ms;
-    mo.worker_cgroups.proc_self_cgroup = (tmp / "self-cgroup").string();
-    auto v = h.start(mo);
+    Rig r(g, "");
+    const xen::DomId d1 = r.add_guest();
+    ASSERT_NE(d1, 0);
+    auto v = r.h.start(r.mo);
     ASSERT_TRUE(v.has_value()) << v.error().describe();
 
-    ASSERT_TRUE(h.eventually([&] { return fs::exists(w.out); }, 10s)) << "the worker did not start";
-    std::istringstream rec(slurp(w.out));
+    ASSERT_TRUE(r.h.eventually([&] { return fs::exists(r.w.out); }, 10s)) << "the worker did not start";
+    std::istringstream rec(slurp(r.w.out));
     int pid = 0;
     rec >> pid;
     ASSERT_GT(pid, 0);
-    const std::string group = g.line + "/worker-" + std::to_string(*d1);
-    const fs::path group_dir = g.dir / ("worker-" + std::to_string(*d1));
+    const std::string group = g.line + "/worker-" + std::to_string(d1);
+    const fs::path group_dir = g.dir / ("worker-" + std::to_string(d1));
     // What the worker saw of itself, and what the kernel says now.
-    EXPECT_NE(slurp(w.out).find(group + "\n"), std::string::npos) << slurp(w.out);
+    EXPECT_NE(slurp(r.w.out).find(group + "\n"), std::string::npos) << slurp(r.w.out);
     EXPECT_NE(slurp("/proc/" + std::to_string(pid) + "/cgroup").find(group + "\n"), std::string::npos)
         << slurp("/proc/" + std::to_string(pid) + "/cgroup");
     ASSERT_TRUE(fs::is_directory(group_dir));
@@ -164,50 +187,26 @@ TEST(WorkerCgroupE2E, ASupervisorStartedWorkerIsInItsOwnCpuCgroupWhichIsGoneAfte
     EXPECT_EQ(std::stoi(slurp(group_dir / (v2 ? "cpu.weight" : "cpu.shares"))), v2 ? 100 : 1024);
     EXPECT_NE(slurp(group_dir / "cgroup.procs").find(std::to_string(pid)), std::string::npos);
 
-    // The guest goes; its worker exits 0 (as `serve --domid N` does) and is reaped.
-    ASSERT_TRUE(h.sim->destroy_domain(*d1).has_value());
-    fs::remove(w.flag);
-    EXPECT_TRUE(h.eventually([&] { return h.on_io([&] { return h.manager->stats().workers_exited; }) == 1; }, 10s));
-    EXPECT_TRUE(h.eventually([&] { return !fs::exists(group_dir); }, 5s)) << group_dir << " left behind";
-    EXPECT_EQ(h.on_io([&] { return h.manager->stats().workers_crashed; }), 0u);
-    h.shutdown();
+    // The guest goes; its worker exits 0 and is reaped; its group goes too.
+    ASSERT_NO_FATAL_FAILURE(r.end_guest(d1));
+    EXPECT_TRUE(r.h.eventually([&] { return !fs::exists(group_dir); }, 5s)) << group_dir << " left behind";
+    EXPECT_EQ(r.h.on_io([&] { return r.h.manager->stats().workers_crashed; }), 0u);
+    r.h.shutdown();
 }
 
 TEST(WorkerCgroupE2E, WithWorkerCgroupsOffTheWorkerStaysInTheSupervisorsGroup) {
     RealGroup g;
     if (!g.skip.empty()) GTEST_SKIP() << g.skip;
-    const fs::path tmp = fs::temp_directory_path() / ("xv-cg-e2e-off-" + std::to_string(::getpid()));
-    fs::create_directories(tmp);
-    struct Cleanup {
-        fs::path p;
-        ~Cleanup() {
-            std::error_code ec;
-            fs::remove_all(p, ec);
-        }
-    } cleanup{tmp};
-    FakeWorker w(tmp);
-    std::ofstream(tmp / "self-cgroup") << g.line << "\n";
-
-    TempImage img(4 << 20);
-    Host h(domains_toml({{"g1", "unsafe"}}) + blk_toml("g1", img.path.string()));
-    auto d1 = create_guest(h, "g1");
-    ASSERT_TRUE(d1.has_value());
-    ASSERT_TRUE(h.sim->add_virtio_device(spec(*d1, 0, "virtio,device2")).has_value());
-    ManagerOptions mo;
-    mo.spawn_workers = true;
-    mo.self_exe = w.script.string();
-    mo.config_path = "/dev/null";
-    mo.reap_period = 10ms;
-    mo.worker_cgroups.mode = WorkerCgroupMode::Off;
-    mo.worker_cgroups.proc_self_cgroup = (tmp / "self-cgroup").string();
-    ASSERT_TRUE(h.start(mo).has_value());
-    ASSERT_TRUE(h.eventually([&] { return fs::exists(w.out); }, 10s));
-    EXPECT_EQ(slurp(w.out).find("/worker-"), std::string::npos) << slurp(w.out);
-    EXPECT_FALSE(fs::exists(g.dir / ("worker-" + std::to_string(*d1))));
-    ASSERT_TRUE(h.sim->destroy_domain(*d1).has_value());
-    fs::remove(w.flag);
-    EXPECT_TRUE(h.eventually([&] { return h.on_io([&] { return h.manager->stats().workers_exited; }) == 1; }, 10s));
-    h.shutdown();
+    Rig r(g, "off-");
+    const xen::DomId d1 = r.add_guest();
+    ASSERT_NE(d1, 0);
+    r.mo.worker_cgroups.mode = WorkerCgroupMode::Off;
+    ASSERT_TRUE(r.h.start(r.mo).has_value());
+    ASSERT_TRUE(r.h.eventually([&] { return fs::exists(r.w.out); }, 10s));
+    EXPECT_EQ(slurp(r.w.out).find("/worker-"), std::string::npos) << slurp(r.w.out);
+    EXPECT_FALSE(fs::exists(g.dir / ("worker-" + std::to_string(d1))));
+    ASSERT_NO_FATAL_FAILURE(r.end_guest(d1));
+    r.h.shutdown();
 }
 
 }  // namespace
