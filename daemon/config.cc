@@ -70,6 +70,22 @@ public:
         return std::nullopt;
     }
 
+    /// One of a fixed set of names, as its value; anything else is an error
+    /// that lists the names.
+    template <class E>
+    std::optional<E> choice(const toml::node& n, const std::string& sec, std::string_view key,
+                            std::initializer_list<std::pair<std::string_view, E>> names) {
+        auto v = string(n, sec, key);
+        if (!v) return std::nullopt;
+        std::string list;
+        for (const auto& [name, value] : names) {
+            if (*v == name) return value;
+            list += (list.empty() ? "" : "|") + std::string(name);
+        }
+        error(line(n), sec, key, "'" + *v + "' is not one of " + list);
+        return std::nullopt;
+    }
+
     /// An integer in [lo, hi], or an error.
     std::optional<std::int64_t> integer(const toml::node& n, const std::string& sec, std::string_view key,
                                         std::int64_t lo, std::int64_t hi) {
@@ -154,30 +170,18 @@ void read_daemon(Reader& r, const toml::table& t, DaemonSection& d) {
                     r.error(Reader::line(node), sec, key, "'" + *v + "' is not one of safe|unsafe");
             }
         } else if (key == "seccomp") {
-            if (auto v = r.string(node, sec, key)) {
-                if (*v == "errno")
-                    d.seccomp = SeccompMode::Errno;
-                else if (*v == "kill")
-                    d.seccomp = SeccompMode::Kill;
-                else if (*v == "off")
-                    d.seccomp = SeccompMode::Off;
-                else
-                    r.error(Reader::line(node), sec, key, "'" + *v + "' is not one of errno|kill|off");
-            }
+            if (auto v = r.choice<SeccompMode>(
+                    node, sec, key, {{"errno", SeccompMode::Errno}, {"kill", SeccompMode::Kill}, {"off", SeccompMode::Off}}))
+                d.seccomp = *v;
         } else if (key == "ioreq_poll_us") {
             if (auto v = r.integer(node, sec, key, 0, DaemonSection::kMaxIoreqPollUs)) d.ioreq_poll_us = unsigned(*v);
         } else if (key == "ioreq_realtime_priority") {
             if (auto v = r.integer(node, sec, key, 0, DaemonSection::kMaxRealtimePriority))
                 d.ioreq_realtime_priority = unsigned(*v);
         } else if (key == "worker_cgroups") {
-            if (auto v = r.string(node, sec, key)) {
-                if (*v == "auto")
-                    d.worker_cgroups = WorkerCgroupMode::Auto;
-                else if (*v == "off")
-                    d.worker_cgroups = WorkerCgroupMode::Off;
-                else
-                    r.error(Reader::line(node), sec, key, "'" + *v + "' is not one of auto|off");
-            }
+            if (auto v = r.choice<WorkerCgroupMode>(node, sec, key,
+                                                    {{"auto", WorkerCgroupMode::Auto}, {"off", WorkerCgroupMode::Off}}))
+                d.worker_cgroups = *v;
         } else {
             r.error(Reader::line(node), sec, key, "unknown key");
         }
