@@ -21,6 +21,7 @@
 
 #include "common/next_chain.h"
 #include "tap.h"
+#include "xv/cpu_time.h"
 #include "xv/devices/net.h"
 #include "xv/log.h"
 
@@ -824,12 +825,6 @@ bool Session::tx_write(Pair& p, std::size_t i) {
 }
 
 namespace {
-/// CPU time of the calling thread (what a poll in vain cost it).
-std::int64_t thread_cpu_ns() {
-    timespec ts{};
-    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return std::int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
 /// A yield between two looks that takes longer than this ran another
 /// task: the CPU is wanted elsewhere and the window closes.
 constexpr std::chrono::microseconds kTxPollContended{20};

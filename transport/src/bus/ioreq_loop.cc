@@ -2,6 +2,7 @@
 // The per-guest ioreq loop: Asio wait on the ioreq server fd, routing,
 // orderly stop.
 #include "xv/transport/ioreq_loop.h"
+#include "xv/cpu_time.h"
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/post.hpp>
@@ -235,18 +236,6 @@ void IoreqLoop::serve_and_poll(bool polling) {
     }
     arm();
 }
-
-namespace {
-
-/// CPU time of the calling thread: what a poll in vain cost (the time
-/// another task had the CPU meanwhile is not ours).
-std::int64_t thread_cpu_ns() {
-    timespec ts{};
-    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return std::int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-}  // namespace
 
 void IoreqLoop::adapt_window(std::chrono::steady_clock::time_point woken) {
     // The rule of set_poll() (ioreq_loop.h): grow when the fd wait was
