@@ -226,10 +226,16 @@ Result<void> WorkerCgroups::setup_v2(const WorkerCgroupOptions& o, const std::st
         return errno_error(errno, "own cgroup " + dir + " is not writable (not delegated to the service?)");
     std::string base = dir;
     if (own == "/") {
-        // The root may hold processes; our workers go one level down.
+        // The root may hold processes; our workers go one level down, into
+        // <root>/xen-virtiod, which holds no process and enables cpu for its
+        // own children too: a controller reaches a group only when every
+        // ancestor enables it in cgroup.subtree_control (cgroup-v2.rst
+        // "Enabling and Disabling"; without the second write the kernel
+        // makes worker-<domid> without cpu.weight).
         XV_TRY(put(dir + "/cgroup.subtree_control", "+cpu"));
         base = dir + "/xen-virtiod";
         XV_TRY(make_dir(base));
+        XV_TRY(put(base + "/cgroup.subtree_control", "+cpu"));
     } else if (!has_word(slurp(dir + "/cgroup.subtree_control"), "cpu")) {
         // No internal processes (cgroup-v2.rst): a group that enables a
         // controller for its children holds no process itself. Everything

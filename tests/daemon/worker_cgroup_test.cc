@@ -163,6 +163,24 @@ TEST(WorkerCgroups, V2MovesTheSupervisorIntoALeafEnablesCpuAndGivesEachWorkerWei
     EXPECT_EQ(read(own / "worker-12/cgroup.procs"), "777");
 }
 
+TEST(WorkerCgroups, V2InTheHierarchyRootEnablesCpuOnBothLevelsAboveTheWorkers) {
+    // No service manager (the daemon in the root group, as in the lab's
+    // Dom0): the workers go under <root>/xen-virtiod, and cpu must be
+    // enabled in the root's and in xen-virtiod's subtree_control, or the
+    // kernel gives worker-<domid> no cpu.weight.
+    Tree t;
+    Tree::v2_group(t.fs_dir());
+    write(t.fs_dir() / "cgroup.procs", "1\n4242\n");
+    Tree::v2_group(t.fs_dir() / "xen-virtiod");
+    t.self_in_v2("/");
+    auto cg = WorkerCgroups::setup(t.options());
+    ASSERT_TRUE(cg->enabled()) << cg->why_not();
+    EXPECT_EQ(cg->base(), (t.fs_dir() / "xen-virtiod").string());
+    EXPECT_EQ(read(t.fs_dir() / "cgroup.subtree_control"), "+cpu");
+    EXPECT_EQ(read(t.fs_dir() / "xen-virtiod/cgroup.subtree_control"), "+cpu");
+    EXPECT_EQ(read(t.fs_dir() / "cgroup.procs"), "1\n4242\n") << "the root may hold processes: nobody moved";
+}
+
 TEST(WorkerCgroups, V2WithCpuAlreadyEnabledDoesNotMoveAnything) {
     Tree t;
     const fs::path own = t.fs_dir() / "s.slice/x.service";
