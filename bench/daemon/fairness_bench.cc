@@ -13,7 +13,10 @@
 // windows, the ratio (goal >= 0.80), the worst round, the host CPU used by
 // each guest's backend threads (executor + io_uring workers), by each
 // simulated guest's vCPU threads and by the rest, how long the honest
-// backend waited for a CPU, and the honest backend's CPU per request:
+// backend waited for a CPU, the hand-offs of the honest chain (how often
+// a second the honest backend's threads and vCPU thread were put on a CPU,
+// and their mean wait for it each time: the run-queue latency of one
+// hand-off, from schedstat), and the honest backend's CPU per request:
 //   - deployment shape: each guest's simulator and worker (`serve --domid
 //     N`: a manager for that guest, the guest on its own I/O thread) in a
 //     process of its own, the flooder's forked first; honest guest
@@ -25,6 +28,16 @@
 //     worker process in a cpu cgroup of its own, equal weights, made by the
 //     daemon's own module (daemon/worker_cgroup.h, what the supervisor of
 //     xen-virtiod.service does) under a group standing for the service;
+//   - with XV_FAIRNESS_CGROUP naming a cgroup v1 cpu hierarchy, also the
+//     same with each simulated guest's vCPU threads moved out of its
+//     worker's group into a group of their own beside the service's (equal
+//     weight). On Xen a guest's vCPUs are scheduled by Xen against the
+//     Hardware Domain's vCPUs, by domain weight; they are not threads of
+//     the worker and take nothing from its group's share. In the shape above
+//     they are threads of the worker's process (the simulator is
+//     in-process), so the flooder's vCPUs, which wake tens of thousands of
+//     times a second, compete inside the flooder's worker group and the
+//     honest vCPU inside the honest worker's. Both rows are printed;
 //   - single-process shape: both guests' backends in one process, each on
 //     its own I/O thread (saturating, paced), two threads each, one shared
 //     executor, and with XV_FAIRNESS_CGROUP (v1 only) its per-guest
@@ -37,6 +50,7 @@
 // grant mapping), XV_FAIRNESS_ONLY=deployment|single.
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <string>
 
@@ -63,6 +77,11 @@ void print_cpu(const char* what, const xv::daemon::testing::CpuSplit& c) {
                 "honest vCPU %.2f\n",
                 what, c.honest_backend, c.flood_backend, 100 * c.flood_backend_share(), c.honest_vcpus, c.flood_vcpus,
                 c.other, c.honest_backend_wait, c.honest_vcpus_wait);
+    using xv::daemon::testing::CpuSplit;
+    std::printf("  hand-offs, %-11s: honest backend %6.0f slices/s, %5.1f us wait each; honest vCPU %6.0f slices/s, "
+                "%5.1f us wait each\n",
+                what, c.honest_backend_slices, CpuSplit::per_slice_us(c.honest_backend_wait, c.honest_backend_slices),
+                c.honest_vcpus_slices, CpuSplit::per_slice_us(c.honest_vcpus_wait, c.honest_vcpus_slices));
 }
 
 }  // namespace
@@ -80,6 +99,7 @@ int main() {
         unsigned rate;  // 0: saturating
         bool grouped;   // per-guest (per-process) cpu cgroups of equal weight
         const char* name;
+        bool vcpus_apart = false;  // the simulated vCPUs in groups beside the service's (cgroup v1)
     };
     // The two-process shapes run first, while this process has started no
     // thread yet (each forks the flooder's process before its own threads).
@@ -88,6 +108,11 @@ int main() {
         {true, true, 1, rate, false, "deployment shape: one worker process per guest, workers = 1, paced honest guest"},
         {true, true, 1, 0, true, "deployment shape + the supervisor's per-worker cgroups (daemon/worker_cgroup.h), saturating honest guest"},
         {true, true, 1, rate, true, "deployment shape + the supervisor's per-worker cgroups (daemon/worker_cgroup.h), paced honest guest"},
+        {true, true, 1, 0, true,
+         "deployment shape + per-worker cgroups, simulated vCPUs scheduled apart (as Xen does), saturating honest guest",
+         true},
+        {true, true, 1, rate, true,
+         "deployment shape + per-worker cgroups, simulated vCPUs scheduled apart (as Xen does), paced honest guest", true},
         {false, true, 1, 0, false, "single-process shape: both guests' backends in one process, own I/O thread each, saturating"},
         {false, true, 1, rate, false, "single-process shape, own I/O thread each, paced honest guest"},
         {false, true, 2, 0, false, "single-process shape, two I/O threads per guest, saturating"},
@@ -106,6 +131,8 @@ int main() {
     const std::string only_s = only ? only : "";
     for (const Shape& sh : shapes) {
         if (sh.grouped && !(cgroup && *cgroup)) continue;
+        // Threads of one process in different groups: cgroup v1 only.
+        if (sh.vcpus_apart && !std::ifstream(std::string(cgroup) + "/tasks")) continue;
         if ((only_s == "deployment" && !sh.processes) || (only_s == "single" && sh.processes)) continue;
         FairnessOptions o;
         o.rounds = env_uint("XV_FAIRNESS_ROUNDS", 10);
@@ -115,6 +142,7 @@ int main() {
         o.honest_rate = sh.rate;
         o.separate_processes = sh.processes;
         if (sh.grouped) o.cpu_cgroup = cgroup;
+        o.vcpus_apart = sh.vcpus_apart;
         if (const char* pp = std::getenv("XV_FAIRNESS_PROTECT"); pp && *pp == '0') o.protect_pages = false;
         auto r = measure_fairness(o);
         const char* shape = sh.name;
@@ -152,7 +180,7 @@ int main() {
             // on as without, and its p99 latency stays under its budget
             // (4 reads in flight at `rate`: 4 / rate seconds, 2 ms at 2000/s).
             Verdict& v = verdicts[std::string(sh.processes ? "p" : "s") + (sh.grouped ? "g" : "-") +
-                                  (sh.rate ? "r" : "-")];
+                                  (sh.rate ? "r" : "-") + (sh.vcpus_apart ? "v" : "")];
             v.ratio = r->ratio();
             v.p99_ok = !sh.rate || r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
             if (r->solo_cpu.sampled && r->flooded_cpu.sampled && r->solo_rps > 0 && r->flooded_rps > 0 &&
@@ -178,6 +206,8 @@ int main() {
     say("deployment shape (a process per guest), paced", "p-r");
     say("deployment shape + per-worker cgroups, saturating", "pg-");
     say("deployment shape + per-worker cgroups, paced", "pgr");
+    say("deployment + per-worker cgroups, vCPUs apart, saturating", "pg-v");
+    say("deployment + per-worker cgroups, vCPUs apart, paced", "pgrv");
     say("single-process shape, saturating", "s--");
     say("single-process shape, paced", "s-r");
     return ok ? 0 : 1;

@@ -133,6 +133,14 @@ struct FairnessOptions {
     /// they are per worker on Xen. false: both guests' backends in this
     /// one process (the single-process shape).
     bool separate_processes = false;
+    /// With separate_processes and a cgroup v1 cpu_cgroup: each simulated
+    /// guest's vCPU threads leave its worker's group for a group of their
+    /// own beside the service's group (equal weight), as on Xen, where a
+    /// guest's vCPUs are scheduled by Xen against the Hardware Domain's
+    /// vCPUs by domain weight and take nothing from the worker's share of
+    /// the Hardware Domain. false: the vCPU threads stay in the worker's
+    /// process group (they then compete with the backend they talk to).
+    bool vcpus_apart = false;
 };
 
 /// Host CPUs in use (CPU seconds per second) by each part, over windows of one kind.
@@ -148,7 +156,14 @@ struct CpuSplit {
     /// The same for the simulated honest guest's vCPU thread (on Xen: the
     /// guest's own physical CPU, not the backend's).
     double honest_vcpus_wait = 0;
+    /// Times a second the honest backend's threads / vCPU thread were put
+    /// on a CPU (each wake-up is one; a preempted thread resumed is another):
+    /// the hand-offs of its chain. Wait / slices is the run-queue latency
+    /// of one hand-off.
+    double honest_backend_slices = 0, honest_vcpus_slices = 0;
     bool sampled = false;       ///< schedstat was readable
+    /// Mean wait for a CPU per slice, microseconds (0 without slices).
+    static double per_slice_us(double wait, double slices) { return slices > 0 ? 1e6 * wait / slices : 0; }
     /// The flooder's part of the backend's CPU.
     double flood_backend_share() const {
         const double b = honest_backend + flood_backend;
@@ -244,6 +259,7 @@ struct TaskTime {
     std::string comm;
     std::uint64_t ns = 0;       ///< on a CPU
     std::uint64_t wait_ns = 0;  ///< runnable, waiting for a CPU (schedstat's second field)
+    std::uint64_t slices = 0;   ///< times it was put on a CPU (schedstat's third field)
 };
 inline std::map<int, TaskTime> task_times(int pid = 0) {
     std::map<int, TaskTime> out;
@@ -255,7 +271,7 @@ inline std::map<int, TaskTime> task_times(int pid = 0) {
         const std::string dir = base + "/" + e->d_name;
         std::ifstream ss(dir + "/schedstat"), cs(dir + "/comm");
         TaskTime t;
-        if (!(ss >> t.ns >> t.wait_ns)) continue;
+        if (!(ss >> t.ns >> t.wait_ns >> t.slices)) continue;
         std::getline(cs, t.comm);
         out[std::atoi(e->d_name)] = std::move(t);
     }
@@ -269,11 +285,13 @@ inline void add_task_delta(std::map<int, TaskTime>& acc, const std::map<int, Tas
                            const std::map<int, TaskTime>& b) {
     for (const auto& [tid, t] : b) {
         auto it = a.find(tid);
-        const bool known = it != a.end() && it->second.ns <= t.ns && it->second.wait_ns <= t.wait_ns;
+        const bool known = it != a.end() && it->second.ns <= t.ns && it->second.wait_ns <= t.wait_ns &&
+                           it->second.slices <= t.slices;
         auto& x = acc[tid];
         x.comm = t.comm;
         x.ns += t.ns - (known ? it->second.ns : 0);
         x.wait_ns += t.wait_ns - (known ? it->second.wait_ns : 0);
+        x.slices += t.slices - (known ? it->second.slices : 0);
     }
 }
 
@@ -287,7 +305,8 @@ inline CpuSplit split_cpu(const std::map<int, TaskTime>& acc, double seconds, co
     std::map<int, std::string> owner;
     for (const auto& [tid, t] : acc) owner[tid] = t.comm;
     for (const auto& [tid, t] : acc) {
-        const double cpu = double(t.ns) / 1e9 / seconds, wait = double(t.wait_ns) / 1e9 / seconds;
+        const double cpu = double(t.ns) / 1e9 / seconds, wait = double(t.wait_ns) / 1e9 / seconds,
+                     slices = double(t.slices) / seconds;
         std::string who = t.comm;
         if (who.rfind("iou-wrk-", 0) == 0 || who.rfind("iou-sqp-", 0) == 0) {
             auto it = owner.find(std::atoi(who.c_str() + 8));
@@ -296,11 +315,13 @@ inline CpuSplit split_cpu(const std::map<int, TaskTime>& acc, double seconds, co
         if (tid == honest_vcpu) {
             c.honest_vcpus += cpu;
             c.honest_vcpus_wait += wait;
+            c.honest_vcpus_slices += slices;
         } else if (std::find(flood_vcpus.begin(), flood_vcpus.end(), tid) != flood_vcpus.end())
             c.flood_vcpus += cpu;
         else if (who == honest_exec) {
             c.honest_backend += cpu;
             c.honest_backend_wait += wait;
+            c.honest_backend_slices += slices;
         } else if (who == flood_exec)
             c.flood_backend += cpu;
         else
@@ -460,6 +481,48 @@ private:
     bool v2_ = false, made_ = false;
     std::shared_ptr<daemon::WorkerCgroups> groups_;
     std::vector<xen::DomId> doms_;
+};
+
+/// The simulated guests' vCPU groups of vcpus_apart: cgroup v1 groups
+/// <root>/xv-fairness-<pid>-vcpus-{honest,flood} beside the service's
+/// group, default weight. The destructor moves what is left in them back
+/// to the root and removes them.
+class VcpuGroups {
+public:
+    Result<void> create(const std::string& root) {
+        if (!std::ifstream(root + "/tasks"))
+            return make_error(std::errc::no_such_file_or_directory, root + "/tasks: not a cgroup v1 cpu hierarchy");
+        root_ = root;
+        const std::string base = root + "/xv-fairness-" + std::to_string(::getpid()) + "-vcpus-";
+        for (int k = 0; k < 2; ++k) {
+            dirs_[k] = base + (k == 0 ? "honest" : "flood");
+            if (::mkdir(dirs_[k].c_str(), 0755) != 0) return errno_error(errno, "mkdir " + dirs_[k]);
+            made_[k] = true;
+            if (!put(dirs_[k] + "/cpu.shares", "1024"))
+                return make_error(std::errc::permission_denied, dirs_[k] + "/cpu.shares");
+        }
+        return ok();
+    }
+    /// Moves thread `tid` into the honest (0) or the flooder's (1) group.
+    bool move(int k, int tid) { return put(dirs_[k] + "/tasks", std::to_string(tid)); }
+    ~VcpuGroups() {
+        for (int k = 0; k < 2; ++k) {
+            if (!made_[k]) continue;
+            std::ifstream t(dirs_[k] + "/tasks");
+            for (std::string tid; std::getline(t, tid);) (void)put(root_ + "/tasks", tid);
+            for (int n = 0; n < 100 && ::rmdir(dirs_[k].c_str()) != 0 && errno == EBUSY; ++n)
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+
+private:
+    static bool put(const std::string& file, const std::string& text) {
+        std::ofstream f(file);
+        f << text << std::flush;
+        return bool(f);
+    }
+    std::string root_, dirs_[2];
+    bool made_[2] = {};
 };
 
 /// The `p` quantile (0..1) of `v` (sorted in place), 0 when empty.
@@ -1017,6 +1080,27 @@ inline Result<FairnessResult> measure_in_two_processes(const FairnessOptions& o)
     const std::string honest_exec = "xv-dom" + std::to_string(*honest),
                       flood_exec = "xv-dom" + std::to_string(ctl->backend_domid.load());
     if (honest_exec == flood_exec) return make_error(std::errc::io_error, "both guests have the same domid");
+    // vcpus_apart: the vCPU threads (this one is the honest guest's) go to
+    // groups beside the service's; the groups go once the flooder's
+    // process is reaped and this thread is back where it came from.
+    std::optional<VcpuGroups> vcpu_groups;
+    struct VcpuGroupsGone {
+        std::optional<VcpuGroups>& g;
+        Reaper& r;
+        std::optional<ServiceGroup>& s;
+        ~VcpuGroupsGone() {
+            r.reap();
+            s.reset();
+            g.reset();
+        }
+    } vcpu_groups_gone{vcpu_groups, reaper, groups};
+    if (o.vcpus_apart && !o.cpu_cgroup.empty()) {
+        vcpu_groups.emplace();
+        XV_TRY(vcpu_groups->create(o.cpu_cgroup));
+        bool moved = vcpu_groups->move(0, honest_tid);
+        for (unsigned i = 0; i < o.flood_queues && i < 8; ++i) moved = moved && vcpu_groups->move(1, ctl->vcpu_tids[i]);
+        if (!moved) return make_error(std::errc::permission_denied, "could not move the vCPU threads");
+    }
     Windows w;
     w.run(o, *ctl, honest_drv, [child] {
         auto t = task_times();
