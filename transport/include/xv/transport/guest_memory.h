@@ -177,9 +177,15 @@ public:
         at = std::size_t(have) * xen::kPageSize + xen::grant_dma::offset(addr);
         auto& refs = batch.refs_;
         const std::size_t n = refs.size();
-        refs.resize(n + pages);
-        xen::GrantRef* r = refs.data() + n;
-        for (std::uint32_t p = 0; p < pages; ++p) r[p] = ref0 + p;
+        if (pages == 1 && n < refs.capacity()) [[likely]] {
+            // The common buffer (one page, warm batch): one store, no
+            // zero-fill and no loop set up for one element.
+            refs.push_back(ref0);
+        } else if (pages != 0) {
+            refs.resize(n + pages);
+            xen::GrantRef* r = refs.data() + n;
+            for (std::uint32_t p = 0; p < pages; ++p) r[p] = ref0 + p;
+        }
         have += pages;
         return true;
     }
