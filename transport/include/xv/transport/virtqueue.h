@@ -67,9 +67,10 @@ class SegmentCursor {
 public:
     using Segment = std::span<Byte>;
     SegmentCursor() = default;
-    /// Over a copy of `segs`.
-    explicit SegmentCursor(std::span<const Segment> segs) : own_(segs.begin(), segs.end()), owned_(true) {
-        segs_ = {own_.data(), own_.size()};
+    /// Over a copy of `segs` (kept on the heap: a view pays nothing for it).
+    explicit SegmentCursor(std::span<const Segment> segs)
+        : own_(std::make_unique<SegmentList<Byte>>(segs.begin(), segs.end())) {
+        segs_ = {own_->data(), own_->size()};
         for (auto& s : segs_) remaining_ += s.size();
     }
     /// A view over `segs` (which must outlive the cursor) with their total
@@ -77,28 +78,17 @@ public:
     SegmentCursor(std::span<const Segment> segs, std::size_t total) noexcept : segs_(segs), remaining_(total) {}
 
     SegmentCursor(const SegmentCursor& o)
-        : own_(o.own_), segs_(o.segs_), owned_(o.owned_), idx_(o.idx_), off_(o.off_), remaining_(o.remaining_) {
-        if (owned_) segs_ = {own_.data(), own_.size()};
+        : own_(o.own_ ? std::make_unique<SegmentList<Byte>>(*o.own_) : nullptr), segs_(o.segs_), idx_(o.idx_),
+          off_(o.off_), remaining_(o.remaining_) {
+        if (own_) segs_ = {own_->data(), own_->size()};
     }
-    SegmentCursor(SegmentCursor&& o) noexcept
-        : own_(std::move(o.own_)), segs_(o.segs_), owned_(o.owned_), idx_(o.idx_), off_(o.off_),
-          remaining_(o.remaining_) {
-        if (owned_) segs_ = {own_.data(), own_.size()};
-    }
+    // An owned list is on the heap: moving the pointer keeps segs_ valid.
+    SegmentCursor(SegmentCursor&& o) noexcept = default;
     SegmentCursor& operator=(const SegmentCursor& o) {
-        if (this != &o) {
-            own_ = o.own_;
-            assign_from(o);
-        }
+        if (this != &o) *this = SegmentCursor(o);
         return *this;
     }
-    SegmentCursor& operator=(SegmentCursor&& o) noexcept {
-        if (this != &o) {
-            own_ = std::move(o.own_);
-            assign_from(o);
-        }
-        return *this;
-    }
+    SegmentCursor& operator=(SegmentCursor&& o) noexcept = default;
 
     /// Bytes left.
     std::size_t available() const noexcept { return remaining_; }
@@ -158,17 +148,8 @@ protected:
     }
 
 private:
-    void assign_from(const SegmentCursor& o) noexcept {
-        owned_ = o.owned_;
-        segs_ = owned_ ? std::span<const Segment>(own_.data(), own_.size()) : o.segs_;
-        idx_ = o.idx_;
-        off_ = o.off_;
-        remaining_ = o.remaining_;
-    }
-
-    SegmentList<Byte> own_;            ///< the list, when this cursor owns it
-    std::span<const Segment> segs_;    ///< the list walked (own_ or a chain's)
-    bool owned_ = false;
+    std::unique_ptr<SegmentList<Byte>> own_;  ///< the list, when this cursor owns it (split_at())
+    std::span<const Segment> segs_;           ///< the list walked (*own_ or a chain's)
     std::size_t idx_ = 0;
     std::size_t off_ = 0;
     std::size_t remaining_ = 0;
