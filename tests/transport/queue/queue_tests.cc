@@ -173,6 +173,22 @@ TEST_F(QueueTest, ViewsOfAChainStayValidWhenTheChainIsMoved) {
     ASSERT_EQ(rest[0].size(), 5u);
     EXPECT_EQ(rest[0][4], std::byte{'z'});
     EXPECT_EQ(all.available(), 5u);
+    // A split cursor moved around (into a vector that then grows) and
+    // assigned over still walks the list it owns, after its source is gone.
+    Reader again = c2.reader();
+    std::vector<decltype(head)> moved;
+    moved.push_back(again.split_at(12));
+    for (int i = 0; i < 8; ++i) moved.emplace_back();
+    decltype(head) assigned;
+    assigned = moved[0];
+    moved.clear();
+    EXPECT_EQ(assigned.available(), 12u);
+    EXPECT_EQ(assigned.skip(10), 10u);
+    auto tail = assigned.take(2);
+    ASSERT_EQ(tail.size(), 1u);
+    ASSERT_EQ(tail[0].size(), 2u);
+    EXPECT_EQ(tail[0][1], std::byte{'z'});
+    EXPECT_EQ(assigned.available(), 0u);
     q->complete(std::move(c2), 0);
 }
 
