@@ -77,6 +77,29 @@ void post_request(volatile void* slot, const IoRequest& req, std::uint32_t vp_ep
 
 std::uint8_t slot_state(const volatile void* slot) { return load_state(slot); }
 
+bool any_slot_ready(const volatile void* first, unsigned n) {
+    const auto* base = static_cast<const volatile std::byte*>(first);
+    for (unsigned v = 0; v < n; ++v)
+        if (load_state(base + std::size_t(v) * kIoreqSlotSize) == STATE_IOREQ_READY) return true;
+    return false;
+}
+
+void post_raw_request(volatile void* slot, std::uint8_t state, std::uint8_t type, bool is_write, bool data_is_ptr,
+                      std::uint64_t addr, std::uint64_t data, std::uint32_t size, std::uint32_t count,
+                      std::uint32_t vp_eport) {
+    ioreq_t* p = as_ioreq(slot);
+    p->addr = addr;
+    p->data = data;
+    p->count = count;
+    p->size = size;
+    p->vp_eport = vp_eport;
+    p->data_is_ptr = data_is_ptr ? 1 : 0;
+    p->dir = is_write ? IOREQ_WRITE : IOREQ_READ;
+    p->df = 0;
+    p->type = type;
+    store_state(slot, state);
+}
+
 void release_slot(volatile void* slot) { store_state(slot, STATE_IOREQ_NONE); }
 
 std::uint64_t slot_data(const volatile void* slot) { return as_ioreq(slot)->data; }

@@ -33,6 +33,18 @@ void post_request(volatile void* slot, const IoRequest& req, std::uint32_t vp_ep
 /// Reads the state field of a slot (acquire).
 std::uint8_t slot_state(const volatile void* slot);
 
+/// Whether one of the `n` consecutive slots from `first` is READY: the
+/// state of each read once (acquire), nothing else touched. A state value
+/// that is not READY (any other nibble) is not a request.
+bool any_slot_ready(const volatile void* first, unsigned n);
+
+/// Writes a slot with raw field values and state nibble, then notifies
+/// nobody (the simulator's tests of what the backend does with values Xen
+/// would not write).
+void post_raw_request(volatile void* slot, std::uint8_t state, std::uint8_t type, bool is_write, bool data_is_ptr,
+                      std::uint64_t addr, std::uint64_t data, std::uint32_t size, std::uint32_t count,
+                      std::uint32_t vp_eport);
+
 /// Marks a slot NONE after the vCPU consumed the response (simulator).
 void release_slot(volatile void* slot);
 

@@ -128,6 +128,7 @@ public:
             if (!ports_.add(*local, v))
                 return make_error(std::errc::protocol_error,
                                   who + ": local port " + std::to_string(*local) + " bound twice");
+            vcpu_ports_.push_back(*local);
         }
         if (buffered) {
             evtchn_port_t bport = 0;
@@ -177,21 +178,28 @@ public:
                                domid_, id_, port);
                 continue;
             }
-            volatile void* s = slot(*v);
-            IoRequest req;
             // public/hvm/ioreq.h: only a READY slot is ours; anything else is
-            // a spurious or repeated event.
-            if (!detail::take_request(s, *v, req)) continue;
-            std::uint64_t value = 0;
-            // IOREQ_TYPE_INVALIDATE asks a device model to drop its map cache
-            // of guest RAM; we map no guest RAM, so it is only acknowledged.
-            if (req.type != IoreqType::Invalidate) value = handler(req);
-            detail::complete_request(s, req, value);
-            if (auto n = evt_->notify(port); !n)
-                XV_LOG_LIMITED(rl_, spdlog::level::warn, "xen: dom {} ioreq server {} vCPU {}: {}", domid_, id_, *v,
-                               n.error().describe());
-            ++served;
+            // a spurious or repeated event (or one whose ioreq serve_ready()
+            // answered already).
+            if (serve_slot(*v, port, handler)) ++served;
         }
+        return served;
+    }
+
+    bool any_ready() const noexcept override {
+        // Only the state of each slot, read with acquire (ioreq_slot.h); the
+        // fields are read by take_request() after its own acquire.
+        return slots_ && detail::any_slot_ready(slots_, vcpus_);
+    }
+
+    Result<unsigned> serve_ready(const IoreqHandler& handler) override {
+        if (!evt_ || !slots_) return make_error(std::errc::bad_file_descriptor, "ioreq server not set up");
+        unsigned served = 0;
+        // Each slot once: a vCPU that traps again meanwhile is found by the
+        // caller's next look. The events of these ioreqs stay pending on the
+        // fd (their ports masked) until serve_pending() reads them.
+        for (unsigned v = 0; v < vcpus_ && v < vcpu_ports_.size(); ++v)
+            if (serve_slot(v, vcpu_ports_[v], handler)) ++served;
         return served;
     }
 
@@ -208,6 +216,25 @@ public:
 private:
     volatile void* slot(unsigned vcpu) const {
         return slots_ + std::size_t(vcpu) * detail::kIoreqSlotSize;
+    }
+
+    /// The handshake of public/hvm/ioreq.h on vCPU `v`'s slot: takes it if
+    /// READY (state read with acquire, then the fields, copied once),
+    /// answers it, writes IORESP_READY with release and notifies `port`
+    /// (Xen resumes the vCPU on that event). False when it was not READY.
+    bool serve_slot(unsigned v, Port port, const IoreqHandler& handler) {
+        volatile void* s = slot(v);
+        IoRequest req;
+        if (!detail::take_request(s, v, req)) return false;
+        std::uint64_t value = 0;
+        // IOREQ_TYPE_INVALIDATE asks a device model to drop its map cache
+        // of guest RAM; we map no guest RAM, so it is only acknowledged.
+        if (req.type != IoreqType::Invalidate) value = handler(req);
+        detail::complete_request(s, req, value);
+        if (auto n = evt_->notify(port); !n)
+            XV_LOG_LIMITED(rl_, spdlog::level::warn, "xen: dom {} ioreq server {} vCPU {}: {}", domid_, id_, v,
+                           n.error().describe());
+        return true;
     }
 
     Result<void> range_op(bool map, std::uint64_t start, std::uint64_t end) {
@@ -286,6 +313,7 @@ private:
     std::byte* buf_page_ = nullptr;
     std::unique_ptr<EventChannels> evt_;
     PortMap ports_;
+    std::vector<Port> vcpu_ports_;  ///< local port of each vCPU's slot, by vCPU
     std::optional<Port> buf_port_;
     log::RateLimit rl_;
 };

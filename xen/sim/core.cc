@@ -38,7 +38,8 @@ std::string hex(std::uint64_t v) {
 // ---------------------------------------------------------------------------
 // ServerState
 
-ServerState::ServerState(DomId d, IoServId i, unsigned n) : domid(d), id(i), vcpus(n), gen(n, 0), done_at(n) {
+ServerState::ServerState(DomId d, IoServId i, unsigned n)
+    : domid(d), id(i), vcpus(n), port_masked(n, 0), port_pending(n, 0), gen(n, 0), done_at(n) {
     page_bytes = ((std::size_t(n) * xv::xen::detail::kIoreqSlotSize + kPageSize - 1) / kPageSize) * kPageSize;
     if (page_bytes == 0) page_bytes = kPageSize;
     page = std::aligned_alloc(kPageSize, page_bytes);
@@ -49,6 +50,43 @@ ServerState::ServerState(DomId d, IoServId i, unsigned n) : domid(d), id(i), vcp
 ServerState::~ServerState() {
     std::free(page);
     if (fd >= 0) ::close(fd);
+}
+
+bool ServerState::notify_locked(unsigned v) {
+    notifies.fetch_add(1, std::memory_order_relaxed);
+    // Linux drivers/xen/evtchn.c: the upcall of a user-bound port disables
+    // (masks) it and queues it for read(); Xen's later notifications of a
+    // masked port only set its pending bit (xen/common/event_channel.c).
+    if (port_masked[v]) {
+        port_pending[v] = 1;
+        return false;
+    }
+    port_masked[v] = 1;
+    deliveries.fetch_add(1, std::memory_order_relaxed);
+    return true;
+}
+
+void ServerState::signal_fd() {
+    std::uint64_t one = 1;
+    ssize_t w = ::write(fd, &one, sizeof one);
+    (void)w;  // EAGAIN only when the counter is saturated: still readable
+}
+
+bool ServerState::unmask_all_locked() {
+    // Writing the ports back to the evtchn device unmasks them; a port
+    // whose event is pending is delivered again at once.
+    bool again = false;
+    for (unsigned v = 0; v < vcpus; ++v) {
+        if (!port_masked[v]) continue;
+        port_masked[v] = 0;
+        if (port_pending[v]) {
+            port_pending[v] = 0;
+            port_masked[v] = 1;
+            deliveries.fetch_add(1, std::memory_order_relaxed);
+            again = true;
+        }
+    }
+    return again;
 }
 
 // ---------------------------------------------------------------------------
@@ -422,6 +460,7 @@ Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, cons
     };
     if (!s->page || s->fd < 0) return fail(ENOMEM, "server has no ioreq page");
     clock::time_point t0;
+    bool deliver = false;
     {
         std::lock_guard sl(s->mu);
         if (s->stopped) return fail(ESRCH, "server stopped: " + s->stop_reason);
@@ -429,11 +468,13 @@ Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, cons
         if (xv::xen::detail::slot_state(slot) != xv::xen::detail::kStateNone) xv::xen::detail::release_slot(slot);
         ++s->gen[vcpu];
         t0 = clock::now();
+        // xen/common/ioreq.c ioreq_send: the request, state READY (after a
+        // write barrier: post_request stores it with release), then the
+        // notification of the vCPU's port.
         xv::xen::detail::post_request(slot, req, xv::xen::detail::slot_port(slot));
+        deliver = s->notify_locked(vcpu);
     }
-    std::uint64_t one = 1;
-    ssize_t w = ::write(s->fd, &one, sizeof one);
-    (void)w;  // EAGAIN only when the counter is saturated: still readable
+    if (deliver) s->signal_fd();
     spin_for_response(s->slot(vcpu), t0);
     std::unique_lock sl(s->mu);
     volatile void* slot = s->slot(vcpu);

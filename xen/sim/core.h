@@ -124,8 +124,25 @@ struct ServerState {
     unsigned vcpus;
     void* page = nullptr;              ///< ceil(vcpus*32/4096) 4 KiB-aligned pages
     std::size_t page_bytes = 0;
-    int fd = -1;                       ///< eventfd: readable when a slot is READY
+    int fd = -1;                       ///< eventfd: the events delivered to the backend (its evtchn fd)
     std::mutex mu;                     ///< guards the handshake below
+    /// Xen's notify of vCPU `v`'s ioreq port, with `mu` held: as Linux's
+    /// evtchn device, the first event masks the port and is delivered (true:
+    /// the caller writes `fd` after unlocking); while the port is masked a
+    /// notify only leaves it pending (no system call, no wake-up).
+    bool notify_locked(unsigned v);
+    /// The backend read `fd` (its events): unmasks every masked port, with
+    /// `mu` held; true when a port had an event pending, which is then
+    /// delivered again (the caller writes `fd` after unlocking).
+    bool unmask_all_locked();
+    /// Delivers an event to the backend: makes `fd` readable.
+    void signal_fd();
+    std::vector<std::uint8_t> port_masked;   ///< per vCPU: delivered, not yet unmasked
+    std::vector<std::uint8_t> port_pending;  ///< per vCPU: notified while masked
+    // Event counters of the ioreq ports (SimGuest::ioreq_events).
+    std::atomic<std::uint64_t> notifies{0};     ///< notifications of a port by Xen
+    std::atomic<std::uint64_t> deliveries{0};   ///< events written to fd (wake-ups of a waiting backend)
+    std::atomic<std::uint64_t> event_reads{0};  ///< reads of fd by the backend (serve_pending)
     std::condition_variable cv;        ///< a slot was completed / the server stopped
     std::vector<std::uint64_t> gen;    ///< per-vCPU request generation
     /// Per vCPU: when the server completed its last request (IORESP_READY).

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "../common/ioreq_slot.h"
 #include "core.h"
 
 namespace xv::xen::sim::detail {
@@ -260,6 +261,64 @@ public:
         d_->turnaround_next = 0;
     }
 
+    // --- ioreq event channels ------------------------------------------------------
+    IoreqEvents ioreq_events() const override {
+        IoreqEvents e;
+        std::lock_guard lk(core_->mu);
+        for (const auto& s : d_->servers) {
+            e.notifies += s->notifies.load(std::memory_order_relaxed);
+            e.deliveries += s->deliveries.load(std::memory_order_relaxed);
+            e.reads += s->event_reads.load(std::memory_order_relaxed);
+        }
+        return e;
+    }
+
+    Result<void> kick_ioreq_port(unsigned vcpu) override {
+        if (vcpu >= d_->vcpus) return errno_error(EINVAL, "kick ioreq port: " + dom_name(d_->id) + " has no vCPU " +
+                                                              std::to_string(vcpu));
+        std::vector<std::shared_ptr<ServerState>> servers;
+        {
+            std::lock_guard lk(core_->mu);
+            servers = d_->servers;
+        }
+        for (auto& s : servers) {
+            bool deliver = false;
+            {
+                std::lock_guard sl(s->mu);
+                if (s->stopped) continue;
+                deliver = s->notify_locked(vcpu);
+            }
+            if (deliver) s->signal_fd();
+        }
+        return ok();
+    }
+
+    Result<void> post_raw_ioreq(unsigned vcpu, const RawIoreq& r) override {
+        auto s = first_server(vcpu, "post raw ioreq");
+        if (!s) return std::move(s).error();
+        std::lock_guard vl(*d_->vcpu_mu[vcpu]);  // not while an access of this vCPU is in flight
+        bool deliver = false;
+        {
+            std::lock_guard sl((*s)->mu);
+            volatile void* slot = (*s)->slot(vcpu);
+            xv::xen::detail::post_raw_request(slot, std::uint8_t(r.state & 0x0f), r.type, r.is_write, r.data_is_ptr,
+                                              r.addr, r.data, r.size, r.count, xv::xen::detail::slot_port(slot));
+            deliver = (*s)->notify_locked(vcpu);
+        }
+        if (deliver) (*s)->signal_fd();
+        return ok();
+    }
+
+    Result<RawIoreq> raw_ioreq(unsigned vcpu) const override {
+        auto s = first_server(vcpu, "read raw ioreq");
+        if (!s) return std::move(s).error();
+        std::lock_guard sl((*s)->mu);
+        RawIoreq r;
+        r.state = xv::xen::detail::slot_state((*s)->slot(vcpu));
+        r.data = xv::xen::detail::slot_data((*s)->slot(vcpu));
+        return r;
+    }
+
     // --- interrupts ---------------------------------------------------------------
     std::vector<IrqEvent> irq_log() const override {
         std::lock_guard lk(core_->mu);
@@ -284,6 +343,16 @@ public:
     }
 
 private:
+    Result<std::shared_ptr<ServerState>> first_server(unsigned vcpu, const char* what) const {
+        if (vcpu >= d_->vcpus)
+            return errno_error(EINVAL, std::string(what) + ": " + dom_name(d_->id) + " has no vCPU " +
+                                           std::to_string(vcpu));
+        std::lock_guard lk(core_->mu);
+        if (d_->servers.empty() || !d_->servers.front()->page)
+            return errno_error(ENOENT, std::string(what) + ": " + dom_name(d_->id) + " has no ioreq server");
+        return d_->servers.front();
+    }
+
     static std::uint64_t pci_addr(Sbdf s, std::uint32_t reg) {
         // public/hvm/ioreq.h: 63..48 SEGMENT | 47..40 BUS | 39..35 DEV | 34..32 FN | 31..0 OFFSET.
         std::uint64_t sbdf = (std::uint64_t(s.segment) << 16) | (std::uint64_t(s.bus) << 8) |

@@ -70,41 +70,28 @@ public:
     int fd() const override { return st_->fd; }
 
     Result<unsigned> serve_pending(const IoreqHandler& handler) override {
+        // Reads the events first (later deliveries make fd readable again),
+        // then unmasks their ports: an event that came while a port was
+        // masked is delivered again, so it wakes the next wait on fd.
         std::uint64_t v;
-        ssize_t r = ::read(st_->fd, &v, sizeof v);  // drain first: later posts re-arm it
+        ssize_t r = ::read(st_->fd, &v, sizeof v);
         (void)r;
-        unsigned served = 0;
-        for (unsigned vcpu = 0; vcpu < st_->vcpus; ++vcpu) {
-            IoRequest req;
-            std::uint64_t gen;
-            {
-                std::lock_guard sl(st_->mu);
-                if (st_->stopped)
-                    return errno_error(ESRCH, "serve ioreqs of " + dom_name(st_->domid) + " server " +
-                                                  std::to_string(st_->id) + ": " + st_->stop_reason);
-                if (!xv::xen::detail::take_request(st_->slot(vcpu), vcpu, req)) continue;
-                gen = st_->gen[vcpu];
-            }
-            // The handler runs without the lock: the vCPU may time out meanwhile.
-            std::uint64_t value = handler ? handler(req) : 0;
-            bool answered = false;
-            {
-                std::lock_guard sl(st_->mu);
-                volatile void* slot = st_->slot(vcpu);
-                if (st_->gen[vcpu] == gen && xv::xen::detail::slot_state(slot) == xv::xen::detail::kStateInProcess) {
-                    st_->done_at[vcpu] = std::chrono::steady_clock::now();
-                    xv::xen::detail::complete_request(slot, req, value);
-                    answered = true;
-                }
-            }
-            // Wake a sleeping vCPU after unlocking, so that it does not
-            // wake up only to wait for the mutex (a spinning one has seen
-            // the state already).
-            if (answered) st_->cv.notify_all();
-            ++served;
+        st_->event_reads.fetch_add(1, std::memory_order_relaxed);
+        bool again = false;
+        {
+            std::lock_guard sl(st_->mu);
+            if (st_->stopped) return stopped_error();
+            again = st_->unmask_all_locked();
         }
-        return served;
+        if (again) st_->signal_fd();
+        return serve_slots(handler);
     }
+
+    bool any_ready() const noexcept override {
+        return st_->page && xv::xen::detail::any_slot_ready(st_->page, st_->vcpus);
+    }
+
+    Result<unsigned> serve_ready(const IoreqHandler& handler) override { return serve_slots(handler); }
 
     Result<void> map_mmio(std::uint64_t start, std::uint64_t end) override {
         std::string what = "map mmio [" + hex(start) + ", " + hex(end) + "] of " + dom_name(st_->domid) + " to server " +
@@ -157,6 +144,50 @@ public:
     }
 
 private:
+    /// With st_->mu held.
+    Error stopped_error() const {
+        return errno_error(ESRCH, "serve ioreqs of " + dom_name(st_->domid) + " server " + std::to_string(st_->id) +
+                                      ": " + st_->stop_reason);
+    }
+
+    /// Serves every READY slot (public/hvm/ioreq.h handshake,
+    /// xen/common/ioreq_slot.h), leaving the event channel alone.
+    Result<unsigned> serve_slots(const IoreqHandler& handler) {
+        unsigned served = 0;
+        for (unsigned vcpu = 0; vcpu < st_->vcpus; ++vcpu) {
+            // A slot that is not READY is passed over without the lock (the
+            // state alone, acquire); take_request() checks it again under it.
+            if (xv::xen::detail::slot_state(st_->slot(vcpu)) != xv::xen::detail::kStateReady) continue;
+            IoRequest req;
+            std::uint64_t gen;
+            {
+                std::lock_guard sl(st_->mu);
+                if (st_->stopped) return stopped_error();
+                if (!xv::xen::detail::take_request(st_->slot(vcpu), vcpu, req)) continue;
+                gen = st_->gen[vcpu];
+            }
+            // The handler runs without the lock: the vCPU may time out meanwhile.
+            std::uint64_t value = handler ? handler(req) : 0;
+            bool answered = false;
+            {
+                std::lock_guard sl(st_->mu);
+                volatile void* slot = st_->slot(vcpu);
+                if (st_->gen[vcpu] == gen && xv::xen::detail::slot_state(slot) == xv::xen::detail::kStateInProcess) {
+                    st_->done_at[vcpu] = std::chrono::steady_clock::now();
+                    xv::xen::detail::complete_request(slot, req, value);
+                    answered = true;
+                }
+            }
+            // Wake a sleeping vCPU after unlocking, so that it does not
+            // wake up only to wait for the mutex (a spinning one has seen
+            // the state already).
+            if (answered) st_->cv.notify_all();
+            ++served;
+        }
+        return served;
+    }
+
+
     std::shared_ptr<Core> core_;
     std::shared_ptr<ServerState> st_;
 };

@@ -505,5 +505,152 @@ TEST_F(IoreqFixture, DriverDomainNeedsTarget) {
     EXPECT_TRUE((*ev)->bind_interdomain(domid, *port));  // Dummy XSM: fine
 }
 
+/// Waits (bounded) until `pred` holds.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds t = 5s) {
+    const auto until = std::chrono::steady_clock::now() + t;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > until) return false;
+        std::this_thread::yield();
+    }
+    return true;
+}
+
+bool readable(const IoreqServer& s) {
+    pollfd p{s.fd(), POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+}
+
+// IoreqServer::serve_ready: a READY slot is found and answered in memory,
+// without a read of the event channel. The event stays delivered (fd
+// readable) and the port masked: the vCPU's next notification costs no
+// delivery. serve_pending() reads it and unmasks; the event that came while
+// masked is delivered again at once, a third access is delivered as usual.
+TEST_F(IoreqFixture, ServeReadyAnswersFromMemoryAndLeavesTheEventPending) {
+    auto s = server();
+    ASSERT_TRUE(s->map_mmio(0x1000, 0x1fff));
+    EXPECT_FALSE(s->any_ready());
+    auto handler = [](const IoRequest& r) -> std::uint64_t { return r.addr + 1; };
+    for (unsigned i = 0; i < 2; ++i) {
+        std::atomic<bool> done{false};
+        Result<std::uint64_t> got = std::uint64_t{0};
+        std::thread vcpu([&] {
+            got = g->mmio_read(0, 0x1000 + 8 * i, 4);
+            done = true;
+        });
+        ASSERT_TRUE(eventually([&] { return s->any_ready(); }));
+        auto n = s->serve_ready(handler);
+        vcpu.join();
+        ASSERT_TRUE(n) << n.error().describe();
+        EXPECT_EQ(*n, 1u);
+        ASSERT_TRUE(got) << got.error().describe();
+        EXPECT_EQ(*got, 0x1001u + 8 * i);
+        EXPECT_FALSE(s->any_ready());
+        const auto e = g->ioreq_events();
+        EXPECT_EQ(e.notifies, i + 1);
+        EXPECT_EQ(e.deliveries, 1u) << "access " << i << ": a masked port is not delivered again";
+        EXPECT_EQ(e.reads, 0u) << "access " << i << ": served without reading the event channel";
+        EXPECT_TRUE(readable(*s)) << "the event of the first access stays pending";
+    }
+    // Read and unmask: the second notification, pending while masked, is
+    // delivered again (a spurious one: its ioreq was answered).
+    auto r = s->serve_pending(handler);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(*r, 0u);
+    EXPECT_EQ(g->ioreq_events().reads, 1u);
+    EXPECT_EQ(g->ioreq_events().deliveries, 2u);
+    EXPECT_TRUE(readable(*s));
+    r = s->serve_pending(handler);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(*r, 0u);
+    EXPECT_FALSE(readable(*s)) << "nothing pending any more";
+    // Unmasked: the next access is delivered and wakes a backend on the fd.
+    Server srv(*s, handler);
+    auto third = g->mmio_read(1, 0x1010, 4);
+    ASSERT_TRUE(third) << third.error().describe();
+    EXPECT_EQ(*third, 0x1011u);
+    EXPECT_EQ(g->ioreq_events().deliveries, 3u);
+}
+
+// An event on an ioreq port with no READY slot behind it is read, its port
+// unmasked and nothing served; the port delivers the next real ioreq.
+TEST_F(IoreqFixture, SpuriousIoreqEventIsReadAndUnmasked) {
+    SimOptions o;
+    o.ioreq_timeout = 2s;
+    make(o);
+    auto s = server();
+    ASSERT_TRUE(s->map_mmio(0x1000, 0x1fff));
+    ASSERT_TRUE(g->kick_ioreq_port(0));
+    EXPECT_TRUE(readable(*s));
+    EXPECT_FALSE(s->any_ready());
+    unsigned calls = 0;
+    auto r = s->serve_pending([&](const IoRequest&) -> std::uint64_t { return ++calls; });
+    ASSERT_TRUE(r);
+    EXPECT_EQ(*r, 0u);
+    EXPECT_EQ(calls, 0u);
+    EXPECT_FALSE(readable(*s));
+    EXPECT_FALSE(g->kick_ioreq_port(2));  // no such vCPU
+    Server srv(*s, [](const IoRequest&) -> std::uint64_t { return 7; });
+    auto v = g->mmio_read(0, 0x1000, 4);
+    ASSERT_TRUE(v) << v.error().describe();
+    EXPECT_EQ(*v, 7u);
+}
+
+// public/hvm/ioreq.h: only a slot whose state nibble is STATE_IOREQ_READY
+// is a request. Other values are neither seen by any_ready() nor served;
+// the bits above the nibble (data_is_ptr, dir) do not hide a READY state.
+// The hostile fields of a READY slot reach the handler as they are (the
+// ioreq loop refuses them).
+TEST_F(IoreqFixture, OnlyAReadyStateNibbleIsARequest) {
+    auto s = server();
+    ASSERT_TRUE(s->map_mmio(0x1000, 0x1fff));
+    std::vector<IoRequest> seen;
+    auto handler = [&](const IoRequest& r) -> std::uint64_t {
+        seen.push_back(r);
+        return 0xab;
+    };
+    for (std::uint8_t state : {0, 2, 3, 4, 7, 15}) {
+        SimGuest::RawIoreq raw;
+        raw.state = state;
+        raw.addr = 0x1000;
+        ASSERT_TRUE(g->post_raw_ioreq(0, raw));
+        EXPECT_FALSE(s->any_ready()) << "state " << int(state);
+        auto n = s->serve_ready(handler);
+        ASSERT_TRUE(n);
+        EXPECT_EQ(*n, 0u) << "state " << int(state);
+        n = s->serve_pending(handler);
+        ASSERT_TRUE(n);
+        EXPECT_EQ(*n, 0u) << "state " << int(state);
+        EXPECT_EQ(g->raw_ioreq(0)->state, state) << "left as it was";
+    }
+    EXPECT_TRUE(seen.empty());
+    SimGuest::RawIoreq raw;
+    raw.state = 1;
+    raw.data_is_ptr = true;
+    raw.is_write = true;
+    raw.count = 3;
+    raw.size = 5;
+    raw.type = 9;
+    raw.addr = 0x1008;
+    ASSERT_TRUE(g->post_raw_ioreq(1, raw));
+    EXPECT_TRUE(s->any_ready());
+    auto n = s->serve_ready(handler);
+    ASSERT_TRUE(n);
+    EXPECT_EQ(*n, 1u);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_TRUE(seen[0].data_is_ptr);
+    EXPECT_TRUE(seen[0].is_write);
+    EXPECT_EQ(seen[0].count, 3u);
+    EXPECT_EQ(seen[0].size, 5u);
+    EXPECT_EQ(int(seen[0].type), 9);
+    EXPECT_EQ(seen[0].vcpu, 1u);
+    EXPECT_EQ(g->raw_ioreq(1)->state, 3u);  // STATE_IORESP_READY
+    // The vCPU's next access takes its slot back.
+    Server srv(*s, [](const IoRequest&) -> std::uint64_t { return 9; });
+    auto v = g->mmio_read(0, 0x1000, 4);
+    ASSERT_TRUE(v) << v.error().describe();
+    EXPECT_EQ(*v, 9u);
+}
+
 }  // namespace
 }  // namespace xv::xen::sim

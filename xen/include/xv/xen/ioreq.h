@@ -9,6 +9,15 @@
 //            handle (read: fill data) -> state = IORESP_READY -> notify
 //   Xen resumes the vCPU (it was blocked all along: answer quickly!)
 //
+// A server can also be polled in memory (any_ready / serve_ready): the
+// slot's state says READY before Xen notifies the port, so a loop that is
+// awake finds the ioreq with no system call. The event Xen then sends
+// stays pending, its port masked by the kernel until the event is read:
+//
+//   poll:   any_ready() -> serve_ready()      (events left pending, ports masked)
+//   sleep:  serve_pending() (read events, unmask ports, serve what they name)
+//           -> any_ready() once more -> wait on fd()
+//
 // Setup order (create -> map pages -> enable -> bind per-vCPU ports ->
 // map ranges) is handled inside DeviceModel::create_ioreq_server().
 #pragma once
@@ -73,8 +82,32 @@ public:
 
     /// Serves every ioreq that is ready now: calls `handler` for each and
     /// completes it (IORESP_READY + notify). Returns how many were served.
-    /// Never blocks.
+    /// Never blocks. It reads the pending events from fd() and unmasks
+    /// their ports: an event whose slot is not READY (already answered by
+    /// serve_ready(), or spurious) is consumed and ignored.
     virtual Result<unsigned> serve_pending(const IoreqHandler& handler) = 0;
+
+    /// Whether some vCPU's slot is STATE_IOREQ_READY now, read from the
+    /// shared ioreq page alone (the state of each slot, acquire): no system
+    /// call, the event channel untouched. Any other state value is no
+    /// request.
+    virtual bool any_ready() const noexcept = 0;
+
+    /// Serves the vCPUs whose slot is READY now, found in the ioreq page
+    /// without reading the event channel, with the handshake of
+    /// serve_pending() (public/hvm/ioreq.h: state read with acquire before
+    /// the fields; the answer, then IORESP_READY with release, then notify
+    /// of the vCPU's port). The events Xen sent for these ioreqs stay
+    /// pending on fd(), and their ports masked: the kernel masks a port
+    /// once it delivered an event until user space unmasks it, so Xen's
+    /// notifications cost dom0 no interrupt while a loop polls. Before
+    /// waiting on fd() a caller must therefore call serve_pending() (reads
+    /// the events, unmasks the ports; an event that arrived while masked is
+    /// delivered again) and then look at any_ready() once more: an ioreq
+    /// whose event came while its port was masked is then either READY in
+    /// memory or readable on fd(). Returns how many were served. Never
+    /// blocks.
+    virtual Result<unsigned> serve_ready(const IoreqHandler& handler) = 0;
 
     /// Claims guest-physical MMIO [start, end] (end inclusive).
     virtual Result<void> map_mmio(std::uint64_t start, std::uint64_t end) = 0;

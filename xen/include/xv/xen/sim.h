@@ -174,6 +174,41 @@ public:
     virtual TurnaroundStats completion() const = 0;
     virtual void reset_turnaround() = 0;
 
+    // --- ioreq event channels (tests of the backend's side) -----------------
+    /// Counters over the ioreq ports of the domain's ioreq servers in Xen.
+    /// A port is modelled as Linux's evtchn device shows it to a backend:
+    /// the first event masks it and makes the backend's fd readable; events
+    /// while it is masked only leave it pending; serve_pending() reads the
+    /// fd and unmasks, delivering a pending event again.
+    struct IoreqEvents {
+        std::uint64_t notifies = 0;    ///< notifications of a vCPU's ioreq port by Xen
+        std::uint64_t deliveries = 0;  ///< events made readable on the backend's fd (redeliveries too)
+        std::uint64_t reads = 0;       ///< reads of the event channel by the backend (serve_pending)
+    };
+    virtual IoreqEvents ioreq_events() const = 0;
+    /// Notifies `vcpu`'s ioreq port of every server with no ioreq posted
+    /// (a spurious or repeated event). Does not wait.
+    virtual Result<void> kick_ioreq_port(unsigned vcpu) = 0;
+    /// Raw contents of one ioreq slot (public/hvm/ioreq.h ioreq_t), values
+    /// Xen itself would not write included.
+    struct RawIoreq {
+        std::uint8_t state = 1;  ///< state nibble (1 = STATE_IOREQ_READY); only the low 4 bits are kept
+        std::uint8_t type = 1;   ///< IOREQ_TYPE_* (1 = COPY)
+        bool is_write = false;
+        bool data_is_ptr = false;
+        std::uint64_t addr = 0;
+        std::uint64_t data = 0;
+        std::uint32_t size = 4;
+        std::uint32_t count = 1;
+    };
+    /// Writes `vcpu`'s slot of the domain's first ioreq server with `r`
+    /// (the state last, release) and notifies the port, as Xen does, but
+    /// does not wait for an answer; the vCPU's next access takes the slot
+    /// back. Only for tests of what a backend does with such a slot.
+    virtual Result<void> post_raw_ioreq(unsigned vcpu, const RawIoreq& r) = 0;
+    /// That slot now (state nibble and data).
+    virtual Result<RawIoreq> raw_ioreq(unsigned vcpu) const = 0;
+
     // --- interrupts -------------------------------------------------------
     /// Every interrupt raised for this guest, in order (the last
     /// kIrqLogMax entries).
