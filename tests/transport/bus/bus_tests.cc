@@ -329,6 +329,203 @@ TEST_F(MmioTest, PollingGoesOnPastOneRoundOfServes) {
     EXPECT_EQ(h_->loop->state(), IoreqLoop::State::Stopped);
 }
 
+/// Grows the loop's poll window (set_poll(2s), not giving way): wake-ups
+/// after waits shorter than the maximum double it, 1 ms pauses take it to
+/// 640 us.
+void grow_poll_window(BusHarness& h) {
+    h.loop->set_poll(2s);
+    h.loop->set_poll_gives_way(false);
+    for (unsigned i = 0; i < 7; ++i) {
+        std::this_thread::sleep_for(1ms);
+        ASSERT_EQ(*h.guest->mmio_read(0, BusHarness::kMmioBase, 4), 0x74726976u);
+    }
+}
+
+/// Waits (bounded) until `pred` holds.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds t = 5s) {
+    const auto until = std::chrono::steady_clock::now() + t;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > until) return false;
+        std::this_thread::sleep_for(100us);
+    }
+    return true;
+}
+
+// The poll looks at the ioreq slots in memory (IoreqServer::any_ready,
+// serve_ready): accesses it serves cost no read of the event channel, and
+// while it polls the vCPUs' ports stay masked, so Xen's notifications are
+// not delivered to the loop's fd either. Reads and deliveries happen only
+// around the fd waits (one read per wake-up, a few on the way to a wait).
+TEST_F(MmioTest, MemoryPollServesAccessesWithoutReadingTheEventChannel) {
+    grow_poll_window(*h_);
+    const auto before = h_->loop->stats();
+    const auto ev0 = h_->guest->ioreq_events();
+    constexpr unsigned kAccesses = 200;
+    for (unsigned i = 0; i < kAccesses; ++i) ASSERT_EQ(*rd(0x008, 4), 42u) << "access " << i;
+    const auto after = h_->loop->stats();
+    const auto ev1 = h_->guest->ioreq_events();
+    const auto polled = after.polled - before.polled;
+    const auto waits = after.wakeups - before.wakeups + 1;
+    EXPECT_EQ(ev1.notifies - ev0.notifies, kAccesses);
+    EXPECT_GE(polled, kAccesses / 2);
+    // Reading the fd for each polled access (as a poll of the fd does)
+    // would make reads >= polled.
+    EXPECT_LE(ev1.reads - ev0.reads, 4 * waits) << polled << " polled, " << waits - 1 << " wake-ups";
+    EXPECT_LE(ev1.deliveries - ev0.deliveries, 4 * waits) << polled << " polled, " << waits - 1 << " wake-ups";
+    h_->shutdown();
+    EXPECT_EQ(h_->loop->state(), transport::IoreqLoop::State::Stopped);
+}
+
+// An access that comes exactly as the loop goes to sleep is served, at each
+// step on the way to the fd wait: as the poll ends (its port masked, the
+// event only pending) and after the events were read and the slots looked
+// at (the port unmasked: its event wakes the wait). A loop that went to
+// sleep without unmasking would leave the vCPU waiting until its timeout.
+TEST_F(MmioTest, AnAccessAsTheLoopGoesToSleepIsServed) {
+    using Step = transport::IoreqLoop::SleepStep;
+    /// What the hook shares with the test (it outlives a failed assertion).
+    struct Probe {
+        std::atomic<bool> armed{false}, fired{false}, done{false};
+        Result<std::uint64_t> got = std::uint64_t{0};
+        std::thread vcpu;
+        ~Probe() {
+            if (vcpu.joinable()) vcpu.join();
+        }
+    };
+    for (Step step : {Step::PollEnded, Step::Rechecked}) {
+        SCOPED_TRACE(step == Step::PollEnded ? "as the poll ended" : "just before the fd wait");
+        SetUp();
+        auto p = std::make_shared<Probe>();
+        std::shared_ptr<xen::sim::SimGuest> guest = h_->guest;
+        // Runs on the loop's strand: posts an access of the vCPU the burst
+        // came from (its port masked while the poll ran) and returns only
+        // once Xen has notified that port.
+        h_->loop->set_sleep_hook([p, guest, step](Step at) {
+            if (at != step || !p->armed || p->fired.exchange(true)) return;
+            const auto notified = guest->ioreq_events().notifies;
+            // The Probe joins this thread: it must not own the Probe.
+            p->vcpu = std::thread([raw = p.get(), guest] {
+                raw->got = guest->mmio_read(0, BusHarness::kMmioBase + 0x008, 4);
+                raw->done = true;
+            });
+            while (guest->ioreq_events().notifies == notified) std::this_thread::yield();
+        });
+        grow_poll_window(*h_);
+        // A burst the poll serves from memory, then the hook's access.
+        p->armed = true;
+        for (unsigned i = 0; i < 20; ++i) ASSERT_EQ(*rd(0x004, 4), 2u);
+        ASSERT_TRUE(eventually([&] { return p->fired.load(); }, 10s)) << "the loop never went to sleep";
+        const auto t0 = std::chrono::steady_clock::now();
+        ASSERT_TRUE(eventually([&] { return p->done.load(); }, 8s)) << "the access was not served (lost wake-up)";
+        EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+        p->vcpu.join();
+        ASSERT_TRUE(p->got) << p->got.error().describe();
+        EXPECT_EQ(*p->got, 42u);
+        // And the loop serves on.
+        EXPECT_EQ(*rd(0x000, 4), 0x74726976u);
+        h_->shutdown();
+    }
+}
+
+// A spurious event on an ioreq port (no READY slot behind it) wakes the
+// loop, which serves nothing, refuses nothing and goes back to sleep; the
+// next accesses are served. Both with the loop asleep (no poll) and with
+// the poll window open (the port masked, the event delivered again when
+// the loop unmasks it).
+TEST_F(MmioTest, ASpuriousIoreqEventIsHarmless) {
+    for (bool polling : {false, true}) {
+        SCOPED_TRACE(polling ? "polling" : "not polling");
+        SetUp();
+        if (polling) grow_poll_window(*h_);
+        ASSERT_EQ(*rd(0x008, 4), 42u);
+        std::this_thread::sleep_for(20ms);  // the window (640 us at most) is over: asleep
+        const auto before = h_->loop->stats();
+        const auto ev0 = h_->guest->ioreq_events();
+        ASSERT_TRUE(h_->guest->kick_ioreq_port(0));
+        ASSERT_TRUE(h_->guest->kick_ioreq_port(1));
+        ASSERT_TRUE(eventually([&] { return h_->loop->stats().wakeups > before.wakeups; }))
+            << "the event did not wake the loop";
+        std::this_thread::sleep_for(20ms);
+        const auto mid = h_->loop->stats();
+        const auto ev1 = h_->guest->ioreq_events();
+        EXPECT_EQ(mid.served, before.served);
+        EXPECT_EQ(mid.malformed, before.malformed);
+        EXPECT_EQ(mid.unclaimed, before.unclaimed);
+        EXPECT_GE(ev1.reads, ev0.reads + 1);
+        // Back asleep: nothing reads the fd while no event comes.
+        std::this_thread::sleep_for(50ms);
+        EXPECT_EQ(h_->guest->ioreq_events().reads, ev1.reads);
+        EXPECT_LE(h_->loop->stats().wakeups - before.wakeups, 2u);
+        for (unsigned i = 0; i < 20; ++i) {
+            ASSERT_EQ(*h_->guest->mmio_read(i % 2, BusHarness::kMmioBase + 0x008, 4), 42u) << "access " << i;
+            // A kick while the port is masked by the poll, now and then.
+            if (polling && i % 5 == 0) {
+                ASSERT_TRUE(h_->guest->kick_ioreq_port(i % 2));
+            }
+        }
+        EXPECT_EQ(h_->loop->stats().served, before.served + 20);
+        h_->shutdown();
+    }
+}
+
+// A slot whose state is not READY (a value Xen would not write) is no
+// ioreq: the poll passes over it and still ends, nothing is served and the
+// slot is left as it was. A READY slot with hostile fields, found by the
+// poll in memory, is refused and logged as one found through the event
+// channel is (count, data_is_ptr, size, type): all ones for a read.
+TEST_F(MmioTest, HostileSlotStatesAndFieldsFoundByThePoll) {
+    grow_poll_window(*h_);
+    std::this_thread::sleep_for(5ms);  // the window (640 us at most) is over: asleep
+    const auto before = h_->loop->stats();
+    xen::sim::SimGuest::RawIoreq raw;
+    raw.addr = BusHarness::kMmioBase + 0x008;
+    raw.state = 7;
+    ASSERT_TRUE(h_->guest->post_raw_ioreq(0, raw));
+    // Its event wakes the loop, which finds nothing, polls in vain and
+    // ends the poll.
+    ASSERT_TRUE(eventually([&] { return h_->loop->stats().polls_in_vain > before.polls_in_vain; }))
+        << "the poll did not end";
+    EXPECT_GT(h_->loop->stats().wakeups, before.wakeups);
+    std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(h_->guest->raw_ioreq(0)->state, 7u);
+    EXPECT_EQ(h_->loop->stats().served, before.served);
+    // READY with hostile fields, one after the other on vCPU 0 while vCPU 1
+    // keeps the poll going.
+    struct Case {
+        const char* what;
+        void (*set)(xen::sim::SimGuest::RawIoreq&);
+        bool unclaimed;  ///< counted as unclaimed, not malformed
+    };
+    const Case cases[] = {
+        {"count 2", [](auto& r) { r.count = 2; }, false},
+        {"data_is_ptr", [](auto& r) { r.data_is_ptr = true; }, false},
+        {"size 3", [](auto& r) { r.size = 3; }, false},
+        {"type 5", [](auto& r) { r.type = 5; }, true},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.what);
+        ASSERT_EQ(*h_->guest->mmio_read(1, BusHarness::kMmioBase + 0x004, 4), 2u);
+        const auto s0 = h_->loop->stats();
+        xen::sim::SimGuest::RawIoreq r;
+        r.addr = BusHarness::kMmioBase + 0x008;
+        r.data = 0x5a5a;
+        c.set(r);
+        ASSERT_TRUE(h_->guest->post_raw_ioreq(0, r));
+        ASSERT_TRUE(eventually([&] { return h_->guest->raw_ioreq(0)->state == 3u; }))  // IORESP_READY
+            << "not answered";
+        const auto s1 = h_->loop->stats();
+        EXPECT_EQ(s1.served, s0.served + 1);
+        EXPECT_EQ(s1.malformed - s0.malformed, c.unclaimed ? 0u : 1u);
+        EXPECT_EQ(s1.unclaimed - s0.unclaimed, c.unclaimed ? 1u : 0u);
+        const std::uint64_t ones = r.size == 3 ? ~0ULL : 0xffffffffULL;
+        EXPECT_EQ(h_->guest->raw_ioreq(0)->data, ones);
+    }
+    // vCPU 0 takes its slot back and is served as usual.
+    ASSERT_EQ(*rd(0x008, 4), 42u);
+    h_->shutdown();
+}
+
 // Without set_poll every ioreq is served after a wake-up; none is counted
 // as polled.
 TEST_F(MmioTest, WithoutPollingNothingIsServedByThePoll) {

@@ -38,6 +38,15 @@ private:
     std::weak_ptr<PciTransport> fn_;
 };
 
+/// One look of a busy-wait (lets the sibling hyperthread run).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield" ::: "memory");
+#endif
+}
+
 constexpr std::uint32_t sbdf_code(xen::Sbdf s) {
     // public/hvm/ioreq.h: IOREQ_TYPE_PCI_CONFIG addr bits 63..32 =
     // segment 16 | bus 8 | device 5 | function 3.
@@ -226,7 +235,26 @@ void IoreqLoop::serve_and_poll(bool polling) {
     // A poll that stopped at kMaxPollServes was finding work: it goes on
     // after the strand's other handlers instead of sleeping on the fd
     // (which cost the next access a wake-up every kMaxPollServes accesses).
-    const bool busy = poll_for_more();
+    bool busy = poll_for_more();
+    if (!busy && sleep_hook_) sleep_hook_(SleepStep::PollEnded);
+    if (!busy && events_left_) {
+        // The poll served ioreqs from memory and left their events pending,
+        // their ports masked (xen/ioreq.h serve_ready): a masked port would
+        // not wake the fd wait. Read the events and unmask the ports
+        // (serve_pending, which also serves any slot they name that is
+        // READY), then look at the slots once more: an ioreq posted while
+        // its port was masked is READY there now, or its event was
+        // delivered again at the unmask and the fd is readable.
+        events_left_ = false;
+        serve_now();
+        // The unmask (a write to the evtchn device) before the reads of the
+        // slots: Xen writes READY before it tests the mask.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (server_ && server_->any_ready()) {
+            serve_from_memory();
+            busy = true;
+        }
+    }
     if (busy || readable_now()) {
         // More is ready (serve_pending is bounded): let other handlers run
         // first, then serve again.
@@ -234,6 +262,7 @@ void IoreqLoop::serve_and_poll(bool polling) {
         boost::asio::post(strand_, [self, busy] { self->serve_and_poll(busy); });
         return;
     }
+    if (sleep_hook_) sleep_hook_(SleepStep::Rechecked);
     arm();
 }
 
@@ -259,7 +288,7 @@ bool IoreqLoop::poll_for_more() {
     using clock = std::chrono::steady_clock;
     const std::int64_t max_ns = poll_ns_.load(std::memory_order_relaxed);
     const std::int64_t window = std::min(window_ns_.load(std::memory_order_relaxed), max_ns);
-    if (window <= 0) return false;
+    if (window <= 0 || !server_) return false;
     // A realtime thread (ioreq_realtime_priority) does not poll: its
     // sched_yield() gives the CPU only to threads of its own priority
     // (sched_yield(2)), so it would keep every normal thread of its CPU
@@ -284,24 +313,51 @@ bool IoreqLoop::poll_for_more() {
         if (limit <= 0) return false;
         const auto start = clock::now();
         const auto until = start + std::chrono::nanoseconds(limit);
-        const std::int64_t cpu_start = thread_cpu_ns();
+        // The thread's CPU time is a system call: read only once the round
+        // yields (cpu_mark, at mark_at). Before that it ran without giving
+        // the CPU away, so its wall time is its CPU time at most.
+        std::int64_t cpu_mark = -1;
+        clock::time_point mark_at{};
         // A round that found nothing: its CPU time comes off the budget.
         auto charge_in_vain = [&] {
-            const std::int64_t spent = thread_cpu_ns() - cpu_start;
+            const std::int64_t spent =
+                cpu_mark < 0 ? std::chrono::nanoseconds(clock::now() - start).count()
+                             : thread_cpu_ns() - cpu_mark + std::chrono::nanoseconds(mark_at - start).count();
             credit_ns_ -= spent;
             polls_in_vain_.fetch_add(1, std::memory_order_relaxed);
             poll_in_vain_ns_.fetch_add(std::uint64_t(spent), std::memory_order_relaxed);
         };
         for (;;) {
-            if (readable_now()) {
-                serve_now(/*polled=*/true);
-                ++serves;
-                break;
+            // The slots themselves, not the event channel: no system call
+            // (xen/ioreq.h any_ready). A slot in any state but READY is no
+            // ioreq and does not end the round.
+            if (server_->any_ready()) {
+                const unsigned n = serve_from_memory();
+                if (n > 0) {
+                    serves += n;
+                    // The answer is written and notified; the vCPU it
+                    // resumes (or another task) may be waiting for this
+                    // very CPU. Offer it once, off the access's path, before
+                    // looking again.
+                    std::this_thread::yield();
+                    break;
+                }
             }
             now = clock::now();
             if (now >= until || state_ == State::Stopped) {
                 charge_in_vain();
                 return false;
+            }
+            // The first kPollSpin of a round only looks again: the next
+            // access of a guest in a burst comes within a microsecond or
+            // two, and a yield is a system call.
+            if (now - start < kPollSpin) {
+                cpu_relax();
+                continue;
+            }
+            if (cpu_mark < 0) {
+                cpu_mark = thread_cpu_ns();
+                mark_at = now;
             }
             // Give the CPU away between looks: on a busy host the thread
             // that will trap next may be waiting for this very CPU. A yield
@@ -321,6 +377,21 @@ bool IoreqLoop::poll_for_more() {
         }
     }
     return state_ != State::Stopped;
+}
+
+unsigned IoreqLoop::serve_from_memory() {
+    if (!server_) return 0;
+    auto r = server_->serve_ready([this](const xen::IoRequest& req) {
+        ++served_;
+        ++polled_;
+        return handle(req);
+    });
+    if (!r) {
+        XV_LOG_LIMITED(rl_, spdlog::level::err, "dom{}: serving ioreqs failed: {}", domid_, r.error().describe());
+        return 0;
+    }
+    if (*r > 0) events_left_ = true;
+    return *r;
 }
 
 unsigned IoreqLoop::serve_now(bool polled) {

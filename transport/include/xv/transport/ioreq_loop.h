@@ -4,6 +4,8 @@
 // register state by routing it to a register handler.
 //
 //   xen::IoreqServer fd --async_wait--> serve_pending() on the loop strand
+//                  (set_poll: then any_ready()/serve_ready() on the slots in
+//                   memory; serve_pending() and one more look before the wait)
 //        IOREQ_TYPE_COPY        -> range map: mmio windows, ECAM, BAR windows
 //        IOREQ_TYPE_PCI_CONFIG  -> PCI function by SBDF (x86, map_pcidev)
 //        INVALIDATE/TIMEOFFSET  -> acknowledged
@@ -93,6 +95,13 @@ public:
     /// without the sleep and wake-up of the fd wait, whose tail on a busy
     /// or idle-halted host is tens of microseconds.
     ///
+    /// The poll reads the ioreq slots in memory (IoreqServer::any_ready,
+    /// serve_ready), not the event channel: an access costs the loop no
+    /// system call, and Xen's notifications meanwhile hit a masked port.
+    /// Before the fd wait the loop reads those events and unmasks their
+    /// ports (serve_pending), then looks at the slots once more, so an
+    /// ioreq that came meanwhile is served, not slept on.
+    ///
     /// `window` is a maximum: the loop adapts the window it uses between 0
     /// and it (IoreqLoop::Stats::poll_window_ns):
     ///
@@ -126,6 +135,19 @@ public:
     static constexpr std::chrono::nanoseconds kPollContended{std::chrono::microseconds(20)};
     static constexpr std::chrono::nanoseconds kPollCreditMax{std::chrono::milliseconds(2)};
     static constexpr unsigned kMaxPollServes = 256;
+    /// A poll round looks at the ioreq slots without yielding for this
+    /// long before it yields between looks.
+    static constexpr std::chrono::nanoseconds kPollSpin{std::chrono::microseconds(2)};
+
+    /// The steps on the way to the fd wait, where an ioreq may come while
+    /// the loop is not looking (set_sleep_hook).
+    enum class SleepStep {
+        PollEnded,  ///< the poll found nothing more; its events not read yet
+        Rechecked,  ///< events read, ports unmasked, slots looked at: next is the fd wait
+    };
+    /// Calls `hook` on the strand at each SleepStep (tests: an ioreq posted
+    /// exactly there must still be served). Set before start().
+    void set_sleep_hook(std::function<void(SleepStep)> hook) { sleep_hook_ = std::move(hook); }
 
     /// Routes and answers one ioreq (what serve_pending calls; public for
     /// benchmarks of the register path alone).
@@ -154,6 +176,9 @@ private:
     /// continuation of a poll that was still finding work (counts as polled).
     void serve_and_poll(bool polling);
     unsigned serve_now(bool polled = false);  ///< polled: found by poll_for_more()
+    /// Serves the READY slots found in memory (IoreqServer::serve_ready),
+    /// counted as polled; their events are left pending (events_left_).
+    unsigned serve_from_memory();
     /// True when it stopped at kMaxPollServes (the guest is still trapping).
     bool poll_for_more();
     void adapt_window(std::chrono::steady_clock::time_point woken);
@@ -188,6 +213,10 @@ private:
     std::int64_t credit_ns_ = kPollCreditMax.count();        ///< budget for polls in vain
     std::chrono::steady_clock::time_point credit_at_{};     ///< when credit_ns_ was last topped up
     std::atomic<std::uint64_t> polls_in_vain_{0}, poll_in_vain_ns_{0}, polls_contended_{0};
+    /// serve_from_memory() answered ioreqs whose events are still pending
+    /// (ports masked): read and unmask them before the fd wait (strand only).
+    bool events_left_ = false;
+    std::function<void(SleepStep)> sleep_hook_;  ///< set_sleep_hook()
     log::RateLimit rl_;
 };
 
