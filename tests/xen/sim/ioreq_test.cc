@@ -538,9 +538,9 @@ TEST_F(IoreqFixture, ServeReadyAnswersFromMemoryAndLeavesTheEventPending) {
             got = g->mmio_read(0, 0x1000 + 8 * i, 4);
             done = true;
         });
-        ASSERT_TRUE(eventually([&] { return s->any_ready(); }));
+        EXPECT_TRUE(eventually([&] { return s->any_ready(); }));
         auto n = s->serve_ready(handler);
-        vcpu.join();
+        vcpu.join();  // served, or timed out in the sim when not
         ASSERT_TRUE(n) << n.error().describe();
         EXPECT_EQ(*n, 1u);
         ASSERT_TRUE(got) << got.error().describe();

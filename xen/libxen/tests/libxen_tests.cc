@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "../../common/ioreq_slot.h"
 #include "../libxen_detail.h"
 #include "xv/xen/hypervisor.h"
 
@@ -551,4 +552,65 @@ TEST(BufferedRing, TornEightByteWriteIsNotServed) {
     EXPECT_TRUE(d.corrupt);
     EXPECT_EQ(calls, 0u);
     EXPECT_EQ(pg->p.read_pointer, 0u);
+}
+
+// ---------------------------------------------------------------------------
+// The per-vCPU slot handshake (xen/common/ioreq_slot.h) on real ioreq_t slots
+
+namespace {
+
+struct alignas(4096) SlotPage {
+    ioreq_t slot[4];
+};
+
+}  // namespace
+
+// public/hvm/ioreq.h: the state nibble shares its byte with data_is_ptr,
+// dir and df. A slot is a request only when the nibble is
+// STATE_IOREQ_READY, whatever those bits hold; any other value (the other
+// states, values Xen never writes) is neither seen by any_slot_ready() nor
+// taken, and stays as it was. A taken slot is INPROCESS, then IORESP_READY
+// with the data of a read.
+TEST(IoreqSlot, OnlyTheReadyNibbleIsARequest) {
+    auto pg = std::make_unique<SlotPage>();
+    std::memset(pg.get(), 0, sizeof *pg);
+    EXPECT_FALSE(xv::xen::detail::any_slot_ready(pg->slot, 4));
+    for (unsigned state = 0; state < 16; ++state) {
+        if (state == STATE_IOREQ_READY) continue;
+        for (unsigned dir : {IOREQ_READ, IOREQ_WRITE}) {
+            pg->slot[2] = {};
+            pg->slot[2].state = state;
+            pg->slot[2].dir = dir;
+            pg->slot[2].data_is_ptr = 1;
+            EXPECT_FALSE(xv::xen::detail::any_slot_ready(pg->slot, 4)) << "state " << state;
+            IoRequest r;
+            EXPECT_FALSE(xv::xen::detail::take_request(&pg->slot[2], 2, r)) << "state " << state;
+            EXPECT_EQ(pg->slot[2].state, state);
+        }
+    }
+    pg->slot[2] = {};
+    // A READY slot beyond the count asked about is not looked at.
+    pg->slot[3].state = STATE_IOREQ_READY;
+    EXPECT_FALSE(xv::xen::detail::any_slot_ready(pg->slot, 3));
+    EXPECT_TRUE(xv::xen::detail::any_slot_ready(pg->slot, 4));
+    pg->slot[3].dir = IOREQ_READ;
+    pg->slot[3].data_is_ptr = 1;
+    pg->slot[3].size = 4;
+    pg->slot[3].count = 2;
+    pg->slot[3].addr = 0x2000010;
+    pg->slot[3].type = IOREQ_TYPE_COPY;
+    IoRequest r;
+    ASSERT_TRUE(xv::xen::detail::take_request(&pg->slot[3], 3, r));
+    EXPECT_EQ(pg->slot[3].state, STATE_IOREQ_INPROCESS);
+    EXPECT_FALSE(xv::xen::detail::any_slot_ready(pg->slot, 4));
+    EXPECT_TRUE(r.data_is_ptr);
+    EXPECT_FALSE(r.is_write);
+    EXPECT_EQ(r.count, 2u);
+    EXPECT_EQ(r.addr, 0x2000010u);
+    EXPECT_EQ(r.vcpu, 3u);
+    xv::xen::detail::complete_request(&pg->slot[3], r, 0xffffffff);
+    EXPECT_EQ(pg->slot[3].state, STATE_IORESP_READY);
+    EXPECT_EQ(pg->slot[3].data, 0xffffffffu);
+    EXPECT_EQ(pg->slot[3].data_is_ptr, 1u);  // the other bits of the byte untouched
+    EXPECT_EQ(pg->slot[3].dir, unsigned(IOREQ_READ));
 }
