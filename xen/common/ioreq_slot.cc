@@ -25,6 +25,19 @@ const std::uint8_t* state_byte(const volatile void* slot) {
 std::uint8_t load_state(const volatile void* slot) {
     return std::atomic_ref<const std::uint8_t>(*state_byte(slot)).load(std::memory_order_acquire) & 0x0f;
 }
+/// Writes the byte that holds the state nibble with data_is_ptr, dir and
+/// df in one release store: a server may read that byte (acquire) at any
+/// time, so its other bits are not written on their own.
+void store_request_byte(volatile void* slot, std::uint8_t state, bool data_is_ptr, bool is_write) {
+    ioreq_t tmp{};
+    tmp.state = state & 0x0f;
+    tmp.data_is_ptr = data_is_ptr ? 1 : 0;
+    tmp.dir = is_write ? IOREQ_WRITE : IOREQ_READ;
+    tmp.df = 0;
+    std::uint8_t byte;
+    std::memcpy(&byte, reinterpret_cast<const std::uint8_t*>(&tmp) + kStateByte, 1);
+    std::atomic_ref<std::uint8_t>(*state_byte(slot)).store(byte, std::memory_order_release);
+}
 void store_state(volatile void* slot, std::uint8_t state) {
     auto* b = state_byte(slot);
     std::atomic_ref<std::uint8_t> ref(*b);
@@ -68,11 +81,8 @@ void post_request(volatile void* slot, const IoRequest& req, std::uint32_t vp_ep
     p->count = req.count;
     p->size = req.size;
     p->vp_eport = vp_eport;
-    p->data_is_ptr = req.data_is_ptr ? 1 : 0;
-    p->dir = req.is_write ? IOREQ_WRITE : IOREQ_READ;
-    p->df = 0;
     p->type = static_cast<std::uint8_t>(req.type);
-    store_state(slot, STATE_IOREQ_READY);
+    store_request_byte(slot, STATE_IOREQ_READY, req.data_is_ptr, req.is_write);
 }
 
 std::uint8_t slot_state(const volatile void* slot) { return load_state(slot); }
@@ -93,11 +103,8 @@ void post_raw_request(volatile void* slot, std::uint8_t state, std::uint8_t type
     p->count = count;
     p->size = size;
     p->vp_eport = vp_eport;
-    p->data_is_ptr = data_is_ptr ? 1 : 0;
-    p->dir = is_write ? IOREQ_WRITE : IOREQ_READ;
-    p->df = 0;
     p->type = type;
-    store_state(slot, state);
+    store_request_byte(slot, state, data_is_ptr, is_write);
 }
 
 void release_slot(volatile void* slot) { store_state(slot, STATE_IOREQ_NONE); }

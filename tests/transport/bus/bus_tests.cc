@@ -6,6 +6,9 @@
 // broken queues, config space and register widths.
 #include <gtest/gtest.h>
 
+#include <boost/asio/post.hpp>
+
+#include <future>
 #include <thread>
 
 #include "bus_harness.h"
@@ -386,7 +389,7 @@ TEST_F(MmioTest, AnAccessAsTheLoopGoesToSleepIsServed) {
     using Step = transport::IoreqLoop::SleepStep;
     /// What the hook shares with the test (it outlives a failed assertion).
     struct Probe {
-        std::atomic<bool> armed{false}, fired{false}, done{false};
+        std::atomic<bool> armed{false}, fired{false}, posted{false}, done{false};
         Result<std::uint64_t> got = std::uint64_t{0};
         std::thread vcpu;
         ~Probe() {
@@ -401,7 +404,7 @@ TEST_F(MmioTest, AnAccessAsTheLoopGoesToSleepIsServed) {
         // Runs on the loop's strand: posts an access of the vCPU the burst
         // came from (its port masked while the poll ran) and returns only
         // once Xen has notified that port.
-        h_->loop->set_sleep_hook([p, guest, step](Step at) {
+        auto hook = [p, guest, step](Step at) {
             if (at != step || !p->armed || p->fired.exchange(true)) return;
             const auto notified = guest->ioreq_events().notifies;
             // The Probe joins this thread: it must not own the Probe.
@@ -410,12 +413,20 @@ TEST_F(MmioTest, AnAccessAsTheLoopGoesToSleepIsServed) {
                 raw->done = true;
             });
             while (guest->ioreq_events().notifies == notified) std::this_thread::yield();
+            p->posted = true;
+        };
+        // The loop runs already: the hook is set on its strand.
+        std::promise<void> set;
+        boost::asio::post(h_->loop->strand(), [&] {
+            h_->loop->set_sleep_hook(hook);
+            set.set_value();
         });
+        set.get_future().wait();
         grow_poll_window(*h_);
         // A burst the poll serves from memory, then the hook's access.
         p->armed = true;
         for (unsigned i = 0; i < 20; ++i) ASSERT_EQ(*rd(0x004, 4), 2u);
-        ASSERT_TRUE(eventually([&] { return p->fired.load(); }, 10s)) << "the loop never went to sleep";
+        ASSERT_TRUE(eventually([&] { return p->posted.load(); }, 10s)) << "the loop never went to sleep";
         const auto t0 = std::chrono::steady_clock::now();
         ASSERT_TRUE(eventually([&] { return p->done.load(); }, 8s)) << "the access was not served (lost wake-up)";
         EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);

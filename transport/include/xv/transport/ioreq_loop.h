@@ -146,7 +146,8 @@ public:
         Rechecked,  ///< events read, ports unmasked, slots looked at: next is the fd wait
     };
     /// Calls `hook` on the strand at each SleepStep (tests: an ioreq posted
-    /// exactly there must still be served). Set before start().
+    /// exactly there must still be served). Set before start() or on the
+    /// loop strand.
     void set_sleep_hook(std::function<void(SleepStep)> hook) { sleep_hook_ = std::move(hook); }
 
     /// Routes and answers one ioreq (what serve_pending calls; public for
