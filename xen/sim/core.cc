@@ -428,18 +428,15 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-/// How long a trapped vCPU polls its slot before it sleeps. A register
-/// access is answered within a few microseconds; a futex sleep and wake-up
-/// on a busy host costs more than that, and was the tail of the
-/// turnaround. The poll yields, so the backend's threads get the CPU.
-constexpr auto kVcpuSpin = std::chrono::microseconds(50);
-
 }  // namespace
 
-void Core::spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point t0) {
+// How long a trapped vCPU polls (SimOptions::vcpu_spin, 50 us by default):
+// a register access is answered within a few microseconds; a futex sleep
+// and wake-up on a busy host costs more than that, and was the tail of the
+// turnaround. The poll yields, so the backend's threads get the CPU.
+void Core::spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point until) {
     // Only reads the state (acquire); the answer is taken under the
     // server's mutex afterwards, as before.
-    const auto until = t0 + kVcpuSpin;
     for (unsigned i = 1; xv::xen::detail::slot_state(slot) != xv::xen::detail::kStateRespReady; ++i) {
         if (i % 16 == 0) {
             if (std::chrono::steady_clock::now() >= until) return;
@@ -475,7 +472,7 @@ Result<std::uint64_t> Core::run_on_server(const std::shared_ptr<Domain>& d, cons
         deliver = s->notify_locked(vcpu);
     }
     if (deliver) s->signal_fd();
-    spin_for_response(s->slot(vcpu), t0);
+    if (opts.vcpu_spin.count() > 0) spin_for_response(s->slot(vcpu), t0 + opts.vcpu_spin);
     std::unique_lock sl(s->mu);
     volatile void* slot = s->slot(vcpu);
     bool done = s->cv.wait_until(sl, t0 + opts.ioreq_timeout, [&] {

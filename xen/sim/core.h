@@ -284,9 +284,9 @@ public:
     Result<void> vcpu_invalidate(const std::shared_ptr<Domain>& d, unsigned vcpu);
 
 private:
-    /// Polls `slot` (bounded, yielding) until the server answered; the
+    /// Polls `slot` (yielding, until `until`) for the server's answer; the
     /// caller then takes the answer under the server's mutex or sleeps.
-    static void spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point t0);
+    static void spin_for_response(volatile void* slot, std::chrono::steady_clock::time_point until);
     Result<std::uint64_t> run_on_server(const std::shared_ptr<Domain>& d, const std::shared_ptr<ServerState>& s,
                                         IoRequest req);
 };

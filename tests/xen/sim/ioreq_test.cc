@@ -2,6 +2,7 @@
 // xen/sim: ioreq servers, trapping vCPUs, interrupts and event channels.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <time.h>
 
 #include <atomic>
 #include <mutex>
@@ -166,6 +167,49 @@ TEST_F(IoreqFixture, TimeoutWhenNobodyServes) {
     auto ok = g->mmio_read(0, 0x1000, 4);
     ASSERT_TRUE(ok);
     EXPECT_EQ(*ok, 5u);
+}
+
+/// CPU time of the calling thread.
+std::chrono::nanoseconds thread_cpu() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+/// The calling thread is the vCPU: its CPU time for one access that the
+/// server answers only after 100 ms.
+std::chrono::nanoseconds cpu_of_a_late_answer(IoreqFixture& f, std::chrono::microseconds spin) {
+    SimOptions o;
+    o.vcpu_spin = spin;
+    f.make(o);
+    auto s = f.server();
+    EXPECT_TRUE(s && s->map_mmio(0x1000, 0x1fff));
+    if (!s) return {};
+    Server srv(*s, [](const IoRequest& r) -> std::uint64_t {
+        std::this_thread::sleep_for(100ms);
+        return r.addr ^ 0x5a;
+    });
+    const auto wall0 = std::chrono::steady_clock::now();
+    const auto cpu0 = thread_cpu();
+    auto v = f.g->mmio_read(0, 0x1010, 4);
+    const auto cpu = thread_cpu() - cpu0;
+    EXPECT_TRUE(v) << v.error().describe();
+    if (v) {
+        EXPECT_EQ(*v, 0x1010u ^ 0x5a);
+    }
+    EXPECT_GE(std::chrono::steady_clock::now() - wall0, 100ms);
+    return cpu;
+}
+
+TEST_F(IoreqFixture, VcpuWithoutSpinSleepsUntilItsAnswer) {
+    // vcpu_spin 0: the trapped vCPU sleeps at once, as Xen blocks a vCPU
+    // waiting for its ioreq server; 100 ms of waiting cost it next to no
+    // CPU. With a spin longer than the wait it polls (yielding) all along:
+    // on an idle host ~100 ms of CPU, on a loaded one still its share.
+    const auto blocked = cpu_of_a_late_answer(*this, 0us);
+    const auto spinning = cpu_of_a_late_answer(*this, 200000us);
+    EXPECT_LT(blocked, 5ms) << "blocked vCPU used " << blocked.count() << " ns";
+    EXPECT_GT(spinning, 10ms) << "spinning vCPU used " << spinning.count() << " ns";
 }
 
 TEST_F(IoreqFixture, TurnaroundPercentilesRecorded) {

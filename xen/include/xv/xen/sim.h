@@ -60,6 +60,11 @@ struct SimOptions {
     DomId self_domid = 0;
     /// How long a simulated vCPU waits for its ioreq before reporting a hang.
     std::chrono::milliseconds ioreq_timeout{10000};
+    /// How long a trapped vCPU polls its ioreq slot (yielding) for the
+    /// answer before it sleeps until the server's notification. 0: it
+    /// sleeps at once, as a vCPU on Xen does (blocked until the answer and
+    /// its event; it uses no CPU meanwhile).
+    std::chrono::microseconds vcpu_spin{50};
     /// The XSM mode Xen runs with. Under Silo, grant maps/copies and event
     /// channels between two DomUs (neither of them dom0) fail with EPERM,
     /// as on Debian's arm64 Xen (lab-notes.md, "A backend in a driver domain").
