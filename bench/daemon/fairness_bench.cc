@@ -38,6 +38,17 @@
 //     in-process), so the flooder's vCPUs, which wake tens of thousands of
 //     times a second, compete inside the flooder's worker group and the
 //     honest vCPU inside the honest worker's. Both rows are printed;
+//   - with XV_FAIRNESS_CGROUP: the deployment shape + per-worker cgroups
+//     again with the simulated vCPUs blocking at once on a trap
+//     (SimOptions::vcpu_spin = 0). By default a trapped simulated vCPU
+//     polls its ioreq slot, yielding, for up to 50 us before it sleeps: the
+//     flooder's two vCPUs, trapping on every kick, then take tens of
+//     thousands of CPU slices a second from the 2 host CPUs the backends
+//     run on. On Xen a vCPU that traps to an ioreq server is blocked by Xen
+//     until the answer and its event: it is not running, and never on the
+//     backend domain's CPUs. The guest drivers wait for their used-ring
+//     interrupt on a condition variable (SimGuest::wait_irq), not spinning;
+//     their ISR reads are traps, covered by the same setting;
 //   - single-process shape: both guests' backends in one process, each on
 //     its own I/O thread (saturating, paced), two threads each, one shared
 //     executor, and with XV_FAIRNESS_CGROUP (v1 only) its per-guest
@@ -47,11 +58,15 @@
 // (default 300), XV_FAIRNESS_RATE, XV_FAIRNESS_CGROUP, XV_TEST_IMAGE_DIR
 // (the honest image, default /var/tmp), XV_FAIRNESS_PROTECT=0 (the
 // simulator hands out views of premapped guest RAM instead of one mmap per
-// grant mapping), XV_FAIRNESS_ONLY=deployment|single.
+// grant mapping), XV_FAIRNESS_ONLY=deployment|single,
+// XV_FAIRNESS_VCPU_SPIN_US (the simulated vCPUs' poll for an ioreq answer
+// in every other shape, microseconds; default 50, 0: block at once).
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "fairness.h"
@@ -100,6 +115,7 @@ int main() {
         bool grouped;   // per-guest (per-process) cpu cgroups of equal weight
         const char* name;
         bool vcpus_apart = false;  // the simulated vCPUs in groups beside the service's (cgroup v1)
+        bool vcpus_block = false;  // a trapped simulated vCPU sleeps at once (vcpu_spin 0), as on Xen
     };
     // The two-process shapes run first, while this process has started no
     // thread yet (each forks the flooder's process before its own threads).
@@ -113,6 +129,12 @@ int main() {
          true},
         {true, true, 1, rate, true,
          "deployment shape + per-worker cgroups, simulated vCPUs scheduled apart (as Xen does), paced honest guest", true},
+        {true, true, 1, 0, true,
+         "deployment shape + per-worker cgroups, a trapped simulated vCPU blocks at once (as on Xen), saturating honest guest",
+         false, true},
+        {true, true, 1, rate, true,
+         "deployment shape + per-worker cgroups, a trapped simulated vCPU blocks at once (as on Xen), paced honest guest",
+         false, true},
         {false, true, 1, 0, false, "single-process shape: both guests' backends in one process, own I/O thread each, saturating"},
         {false, true, 1, rate, false, "single-process shape, own I/O thread each, paced honest guest"},
         {false, true, 2, 0, false, "single-process shape, two I/O threads per guest, saturating"},
@@ -120,6 +142,12 @@ int main() {
         {false, true, 1, 0, true, "single-process shape + per-guest cgroups of equal weight, saturating"},
         {false, true, 1, rate, true, "single-process shape + per-guest cgroups of equal weight, paced"}};
     const char* cgroup = std::getenv("XV_FAIRNESS_CGROUP");
+    std::optional<std::chrono::microseconds> vcpu_spin;  // XV_FAIRNESS_VCPU_SPIN_US, 0 allowed
+    if (const char* v = std::getenv("XV_FAIRNESS_VCPU_SPIN_US"); v && *v) {
+        char* end = nullptr;
+        const unsigned long us = std::strtoul(v, &end, 10);
+        if (end && *end == 0 && us <= 1000000) vcpu_spin = std::chrono::microseconds(us);
+    }
     struct Verdict {
         double ratio = -1;
         bool p99_ok = false;
@@ -143,6 +171,8 @@ int main() {
         o.separate_processes = sh.processes;
         if (sh.grouped) o.cpu_cgroup = cgroup;
         o.vcpus_apart = sh.vcpus_apart;
+        if (vcpu_spin) o.vcpu_spin = *vcpu_spin;
+        if (sh.vcpus_block) o.vcpu_spin = std::chrono::microseconds(0);
         if (const char* pp = std::getenv("XV_FAIRNESS_PROTECT"); pp && *pp == '0') o.protect_pages = false;
         auto r = measure_fairness(o);
         const char* shape = sh.name;
@@ -180,7 +210,7 @@ int main() {
             // on as without, and its p99 latency stays under its budget
             // (4 reads in flight at `rate`: 4 / rate seconds, 2 ms at 2000/s).
             Verdict& v = verdicts[std::string(sh.processes ? "p" : "s") + (sh.grouped ? "g" : "-") +
-                                  (sh.rate ? "r" : "-") + (sh.vcpus_apart ? "v" : "")];
+                                  (sh.rate ? "r" : "-") + (sh.vcpus_apart ? "v" : "") + (sh.vcpus_block ? "b" : "")];
             v.ratio = r->ratio();
             v.p99_ok = !sh.rate || r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
             if (r->solo_cpu.sampled && r->flooded_cpu.sampled && r->solo_rps > 0 && r->flooded_rps > 0 &&
@@ -208,6 +238,8 @@ int main() {
     say("deployment shape + per-worker cgroups, paced", "pgr");
     say("deployment + per-worker cgroups, vCPUs apart, saturating", "pg-v");
     say("deployment + per-worker cgroups, vCPUs apart, paced", "pgrv");
+    say("deployment + per-worker cgroups, vCPUs block, saturating", "pg-b");
+    say("deployment + per-worker cgroups, vCPUs block, paced", "pgrb");
     say("single-process shape, saturating", "s--");
     say("single-process shape, paced", "s-r");
     return ok ? 0 : 1;

@@ -141,6 +141,11 @@ struct FairnessOptions {
     /// the Hardware Domain. false: the vCPU threads stay in the worker's
     /// process group (they then compete with the backend they talk to).
     bool vcpus_apart = false;
+    /// SimOptions::vcpu_spin of both simulators: how long a trapped vCPU
+    /// polls (yielding) for its ioreq answer before it sleeps. 0: it sleeps
+    /// at once, as on Xen, where a vCPU waiting for an ioreq server is
+    /// blocked and runs nothing, let alone on the backend's CPUs.
+    std::chrono::microseconds vcpu_spin = xen::sim::SimOptions{}.vcpu_spin;
 };
 
 /// Host CPUs in use (CPU seconds per second) by each part, over windows of one kind.
@@ -760,6 +765,7 @@ inline Result<void> fill_honest_image(const TempImage& img) {
 inline xen::sim::SimOptions sim_options(const FairnessOptions& o) {
     xen::sim::SimOptions so;
     so.protect_pages = o.protect_pages;
+    so.vcpu_spin = o.vcpu_spin;
     return so;
 }
 
