@@ -62,6 +62,7 @@
 // XV_FAIRNESS_VCPU_SPIN_US (the simulated vCPUs' poll for an ioreq answer
 // in every other shape, microseconds; default 50, 0: block at once).
 #include <chrono>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -152,7 +153,14 @@ int main() {
         double ratio = -1;
         bool p99_ok = false;
         double cost_growth = 0;  // honest backend CPU per request, flood on / off (0: not sampled)
+        double flooded_rps = 0;  // the honest guest's rate with the flood on
     };
+    // The highest flood-off rate of the saturating honest guest over every
+    // shape of this run. A shape whose own flood-off rate is low (blocking
+    // vCPUs: each wake-up of a sleeping thread costs an idle exit here)
+    // would pass its own ratio too easily; a saturating row is only met when
+    // its flood-on rate is also within 20 % of this best rate.
+    double best_solo_rps = 0;
     std::map<std::string, Verdict> verdicts;  // "<processes>/<grouped>/<paced>"
     // XV_FAIRNESS_ONLY=deployment or =single: only those shapes.
     const char* only = std::getenv("XV_FAIRNESS_ONLY");
@@ -212,6 +220,8 @@ int main() {
             Verdict& v = verdicts[std::string(sh.processes ? "p" : "s") + (sh.grouped ? "g" : "-") +
                                   (sh.rate ? "r" : "-") + (sh.vcpus_apart ? "v" : "") + (sh.vcpus_block ? "b" : "")];
             v.ratio = r->ratio();
+            v.flooded_rps = r->flooded_rps;
+            if (!sh.rate) best_solo_rps = std::max(best_solo_rps, r->solo_rps);
             v.p99_ok = !sh.rate || r->flooded_p99_us <= 1e6 * o.honest_depth / sh.rate;
             if (r->solo_cpu.sampled && r->flooded_cpu.sampled && r->solo_rps > 0 && r->flooded_rps > 0 &&
                 r->solo_cpu.honest_backend > 0)
@@ -223,10 +233,14 @@ int main() {
         auto it = verdicts.find(key);
         if (it == verdicts.end()) return;
         const bool paced = key[2] == 'r';
-        const bool met = it->second.ratio >= kGoal && it->second.p99_ok;
-        std::printf("fairness, %-52s: %s (ratio %.2f, goal >= %.2f%s; honest backend CPU per request x%.2f "
+        const double cross = best_solo_rps > 0 ? it->second.flooded_rps / best_solo_rps : 0;
+        const bool met = it->second.ratio >= kGoal && it->second.p99_ok && (paced || cross >= kGoal);
+        char vs_best[96] = "";
+        if (!paced)
+            std::snprintf(vs_best, sizeof vs_best, "; %.2f of the best flood-off rate of any shape", cross);
+        std::printf("fairness, %-52s: %s (ratio %.2f, goal >= %.2f%s%s; honest backend CPU per request x%.2f "
                     "with the flood)\n",
-                    what, met ? "MET" : "NOT MET", it->second.ratio, kGoal,
+                    what, met ? "MET" : "NOT MET", it->second.ratio, kGoal, vs_best,
                     paced ? (it->second.p99_ok ? "; p99 latency within its 4-in-flight budget"
                                                : "; p99 latency beyond its 4-in-flight budget")
                           : "",
