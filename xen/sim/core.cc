@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "../common/ioreq_slot.h"
+#include "xv/cpu_relax.h"
 #include "xv/log.h"
 
 namespace xv::xen::sim::detail {
@@ -416,19 +417,6 @@ Result<std::uint64_t> Core::vcpu_access(const std::shared_ptr<Domain>& d, unsign
     }
     return run_on_server(d, server, req);
 }
-
-namespace {
-
-/// One iteration of a busy-wait (lets the sibling hyperthread run).
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield" ::: "memory");
-#endif
-}
-
-}  // namespace
 
 // How long a trapped vCPU polls (SimOptions::vcpu_spin, 50 us by default):
 // a register access is answered within a few microseconds; a futex sleep

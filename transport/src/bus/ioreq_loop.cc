@@ -2,6 +2,7 @@
 // The per-guest ioreq loop: Asio wait on the ioreq server fd, routing,
 // orderly stop.
 #include "xv/transport/ioreq_loop.h"
+#include "xv/cpu_relax.h"
 #include "xv/cpu_time.h"
 
 #include <boost/asio/bind_executor.hpp>
@@ -37,15 +38,6 @@ public:
 private:
     std::weak_ptr<PciTransport> fn_;
 };
-
-/// One look of a busy-wait (lets the sibling hyperthread run).
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield" ::: "memory");
-#endif
-}
 
 constexpr std::uint32_t sbdf_code(xen::Sbdf s) {
     // public/hvm/ioreq.h: IOREQ_TYPE_PCI_CONFIG addr bits 63..32 =
